@@ -1,0 +1,574 @@
+"""The model world's runtime: threads as greenlets, Atomics, fences, waits and choices.
+
+Every visible operation (an Atomic access, a fence, a wait, a join) suspends the calling
+thread's greenlet and hands the operation to the scheduler as a *pending operation*.  The
+scheduler (an :class:`Execution` driven by a strategy in :mod:`vcpureq.model.explorer`)
+decides which thread's pending operation runs next, performs it on the model memory and
+resumes that thread with the result.  Local Python code between two visible operations
+runs without interruption, which is sound because plain Python state is private to its
+thread: only Atomics are shared.
+
+``spawn``, ``choose`` and ``check`` are local steps: they never give another thread the
+chance to run, ``choose`` only asks the strategy which value to return.
+
+Like Loom's runtime, this is a thin façade: the same protocol code runs in the real world
+against real primitives; only these functions know they are being explored.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import greenlet
+
+from .events import Event
+
+ORDERS = ("relaxed", "acquire", "release", "full")
+FENCES = ("mb", "wmb", "rmb", "mb__before_atomic", "mb__after_atomic")
+
+# Operation codes of pending operations (tuples: (code, cell, arg1, arg2, order)).
+LOAD, STORE, XCHG, CAS, FADD, FOR, FAND, FENCE, WAIT, JOIN = range(10)
+OP_NAMES = (
+    "load", "store", "exchange", "cas", "fetch_add", "fetch_or", "fetch_and",
+    "fence", "wait", "join",
+)
+_RMW = frozenset((XCHG, CAS, FADD, FOR, FAND))
+
+_MODEL_DIR = os.path.dirname(os.path.abspath(__file__))
+_current: Execution | None = None
+
+
+class ModelUsageError(RuntimeError):
+    """A model primitive used outside an exploration or in a way the model forbids."""
+
+
+class _Stop(BaseException):
+    """Ends an execution early (a violation was found); never seen by user code."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(kind, message)
+        self.kind = kind
+        self.message = message
+
+
+class _LocalLoop(Exception):
+    """Raised into a thread that ran too long without a visible operation."""
+
+
+def _execution() -> Execution:
+    ex = _current
+    if ex is None:
+        raise ModelUsageError(
+            "vcpureq.model primitives can only be used inside a program run by explore()"
+        )
+    return ex
+
+
+def user_source(frame: Any) -> str | None:
+    """file:line of the innermost frame outside vcpureq.model."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if os.path.dirname(os.path.abspath(filename)) != _MODEL_DIR:
+            return f"{os.path.relpath(filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+# --------------------------------------------------------------------------- threads
+
+
+class Thread:
+    """A model thread.  ``join()`` blocks until it finished and returns its value."""
+
+    __slots__ = (
+        "tid", "name", "daemon", "glet", "pending", "runnable", "finished",
+        "result", "watch", "ex",
+    )
+
+    def __init__(self, ex: Execution, tid: int, name: str, daemon: bool) -> None:
+        self.ex = ex
+        self.tid = tid
+        self.name = name
+        self.daemon = daemon
+        self.glet: greenlet.greenlet | None = None
+        self.pending: tuple | None = None
+        self.runnable = True
+        self.finished = False
+        self.result: Any = None
+        self.watch: tuple[int, ...] = ()
+
+    def join(self) -> Any:
+        ex = _execution()
+        if ex.threads[ex.running] is self:
+            raise ModelUsageError(f"thread {self.name} joins itself")
+        ex.sched.switch((JOIN, None, self, None, None))
+        return self.result
+
+    def __repr__(self) -> str:
+        return f"<Thread {self.tid} {self.name}>"
+
+
+def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None,
+          daemon: bool = False) -> Thread:
+    """Start ``fn(*args)`` in a new model thread (a local step: no scheduling point)."""
+    return _execution().spawn(fn, args, name, daemon)
+
+
+# --------------------------------------------------------------------------- atomics
+
+
+class Atomic:
+    """A shared memory cell.  Every method is one visible event.
+
+    Read-modify-write methods return the old value.  ``order`` is one of "relaxed",
+    "acquire", "release", "full"; it matters under weak memory models only.
+    """
+
+    __slots__ = ("id", "name", "ex")
+
+    def __init__(self, value: Any = 0, name: str | None = None) -> None:
+        ex = _execution()
+        self.ex = ex
+        self.id = len(ex.mem)
+        self.name = name or f"cell{self.id}"
+        ex.mem.append(value)
+        ex.cell_names.append(self.name)
+
+    def _op(self, code: int, a: Any, b: Any, order: str) -> Any:
+        ex = self.ex
+        if ex.peek is not None:
+            if code != LOAD:
+                raise ModelUsageError(
+                    f"wait_until predicates may only load; {OP_NAMES[code]} on {self.name}"
+                )
+            ex.peek.append(self.id)
+            return ex.mem[self.id]
+        return ex.sched.switch((code, self.id, a, b, order))
+
+    def load(self, order: str = "full") -> Any:
+        return self._op(LOAD, None, None, order)
+
+    def store(self, value: Any, order: str = "full") -> None:
+        self._op(STORE, value, None, order)
+
+    def exchange(self, value: Any, order: str = "full") -> Any:
+        return self._op(XCHG, value, None, order)
+
+    def compare_exchange(self, expected: Any, new: Any, order: str = "full") -> Any:
+        return self._op(CAS, expected, new, order)
+
+    def fetch_add(self, delta: int, order: str = "full") -> Any:
+        return self._op(FADD, delta, None, order)
+
+    def fetch_or(self, bits: int, order: str = "full") -> Any:
+        return self._op(FOR, bits, None, order)
+
+    def fetch_and(self, bits: int, order: str = "full") -> Any:
+        return self._op(FAND, bits, None, order)
+
+    def __repr__(self) -> str:
+        return f"<Atomic {self.name}>"
+
+
+def fence(kind: str = "mb") -> None:
+    """A memory barrier: one of "mb", "wmb", "rmb", "mb__before_atomic", "mb__after_atomic"."""
+    if kind not in FENCES:
+        raise ModelUsageError(f"unknown fence {kind!r}; expected one of {', '.join(FENCES)}")
+    _execution().sched.switch((FENCE, None, kind, None, None))
+
+
+def wait_until(predicate: Callable[[], Any]) -> None:
+    """Block until ``predicate()`` holds.  Each evaluation is one read event over the cells
+    it loads; after a false one the thread sleeps until another thread writes one of them."""
+    _execution().sched.switch((WAIT, None, predicate, None, None))
+
+
+def choose(n: int) -> int:
+    """A nondeterministic choice in ``range(n)``: the explorer tries every value."""
+    if n < 1:
+        raise ModelUsageError(f"choose({n}): need at least one alternative")
+    if n == 1:
+        return 0
+    ex = _execution()
+    return ex.choice(ex.running, n)
+
+
+def check(condition: Any, message: str = "check failed") -> None:
+    """A property: if ``condition`` is false the execution is an "assertion" violation."""
+    if not condition:
+        raise _Stop("assertion", message)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+class Execution:
+    """One run of a program under one schedule (sequentially consistent memory).
+
+    A strategy drives it: :meth:`start`, then repeatedly pick one of :meth:`enabled` and
+    :meth:`step` it, until ``done``.  ``choice(tid, n)`` is supplied by the strategy and
+    answers ``choose``.  ``on_spawn(parent, child)`` lets DPOR give the child its parent's
+    clock.  :meth:`close` frees every suspended greenlet (see ARCHITECTURE.md).
+    """
+
+    memory_model = "sc"
+
+    def __init__(
+        self,
+        program: Callable[[], Any],
+        choice: Callable[[int, int], int],
+        on_spawn: Callable[[int, int], None] | None = None,
+        tracing: bool = False,
+        max_steps: int = 10_000,
+    ) -> None:
+        self.program = program
+        self.choice = choice
+        self.on_spawn = on_spawn
+        self.tracing = tracing
+        self.max_steps = max_steps
+        self.mem: list[Any] = []
+        self.cell_names: list[str] = []
+        self.threads: list[Thread] = []
+        self.watchers: dict[int, list[Thread]] = {}
+        self.peek: list[int] | None = None
+        self.running = 0
+        self.steps = 0
+        self.live = 0  # non-daemon threads not finished
+        self.done = False
+        self.failure: _Stop | None = None
+        self.outcome: Any = None
+        self.trace: list[Event] = []
+        self.sched = greenlet.getcurrent()
+
+    # ---- threads
+    def spawn(self, fn: Callable[..., Any], args: tuple, name: str | None,
+              daemon: bool) -> Thread:
+        tid = len(self.threads)
+        t = Thread(self, tid, name or f"t{tid}", daemon)
+        self.threads.append(t)
+        if not daemon:
+            self.live += 1
+
+        def body(*_: Any) -> None:
+            try:
+                t.result = fn(*args)
+            except _Stop:
+                raise
+            except greenlet.GreenletExit:
+                raise
+            except _LocalLoop as e:
+                raise _Stop("step-limit", f"thread {t.name}: {e}") from None
+            except BaseException as e:
+                tb = "".join(traceback.format_exception(e))
+                raise _Stop(
+                    "exception", f"thread {t.name} raised {type(e).__name__}: {e}\n{tb}"
+                ) from None
+
+        t.glet = greenlet.greenlet(body, parent=self.sched)
+        if self.on_spawn is not None and tid > 0:
+            self.on_spawn(self.running, tid)
+        if tid > 0:
+            self._new.append(t)
+        return t
+
+    def start(self) -> None:
+        global _current
+        self._new: list[Thread] = []
+        _current = self
+        try:
+            main = self.spawn(self._main, (), "main", False)
+            self._new.clear()
+            self._advance(main, None)
+            self._prime()
+        finally:
+            _current = None
+
+    def _main(self) -> Any:
+        self.outcome = self.program()
+        return self.outcome
+
+    def _advance(self, t: Thread, value: Any) -> None:
+        """Run ``t`` from its last visible operation to its next one."""
+        self.running = t.tid
+        assert t.glet is not None
+        try:
+            op = t.glet.switch(value)
+        except _Stop as stop:
+            self._fail(stop)
+            return
+        if t.glet.dead:
+            t.finished = True
+            t.pending = None
+            t.runnable = False
+            if not t.daemon:
+                self.live -= 1
+                if self.live == 0:
+                    self.done = True
+            return
+        t.pending = op
+        if op[0] == JOIN:
+            t.runnable = op[2].finished
+
+    def _prime(self) -> None:
+        while self._new and not self.done:
+            t = self._new.pop(0)
+            self._advance(t, None)
+            if t.finished:
+                self._wake_joiners()
+
+    def _fail(self, stop: _Stop) -> None:
+        if self.failure is None:
+            self.failure = stop
+        self.done = True
+
+    def _wake_joiners(self) -> None:
+        for t in self.threads:
+            if t.pending is not None and t.pending[0] == JOIN and t.pending[2].finished:
+                t.runnable = True
+
+    # ---- scheduling interface
+    def enabled(self) -> list[int]:
+        return [t.tid for t in self.threads if t.runnable and t.pending is not None]
+
+    def blocked_threads(self) -> list[Thread]:
+        return [t for t in self.threads if not t.finished and not t.daemon]
+
+    def signature(self, tid: int) -> tuple[int, Any]:
+        """What thread ``tid`` is about to do: (operation code, cell id or detail)."""
+        op = self.threads[tid].pending
+        assert op is not None
+        code = op[0]
+        if code == JOIN:
+            return code, op[2].tid
+        if code == FENCE:
+            return code, op[2]
+        return code, op[1]
+
+    def footprint(self, tid: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Cells the pending operation of ``tid`` would read and write (conservative)."""
+        op = self.threads[tid].pending
+        assert op is not None
+        code = op[0]
+        if code == LOAD:
+            return (op[1],), ()
+        if code == STORE:
+            return (), (op[1],)
+        if code in _RMW:
+            return (op[1],), (op[1],)
+        if code == WAIT:
+            return self._peek(op[2])[0], ()
+        return (), ()
+
+    def _peek(self, predicate: Callable[[], Any]) -> tuple[tuple[int, ...], bool]:
+        global _current
+        self.peek = []
+        prev, _current = _current, self
+        try:
+            value = bool(predicate())
+        except _Stop:
+            raise
+        except BaseException as e:
+            raise _Stop(
+                "exception",
+                f"wait_until predicate of thread {self.threads[self.running].name} "
+                f"raised {type(e).__name__}: {e}",
+            ) from None
+        finally:
+            cells = tuple(dict.fromkeys(self.peek))
+            self.peek = None
+            _current = prev
+        return cells, value
+
+    def step(self, tid: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        """Perform thread ``tid``'s pending operation and run it to its next one.
+
+        Returns (cells read, cells written, joined thread id or -1)."""
+        global _current
+        _current = self
+        try:
+            return self._step(tid)
+        except _Stop as stop:
+            self._fail(stop)
+            return (), (), -1
+        finally:
+            _current = None
+
+    def _step(self, tid: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        t = self.threads[tid]
+        op = t.pending
+        assert op is not None and t.runnable
+        self.steps += 1
+        code, cell, a, b, _order = op
+        mem = self.mem
+        reads: tuple[int, ...] = ()
+        writes: tuple[int, ...] = ()
+        joined = -1
+        result: Any = None
+        value: Any = None
+        if code == LOAD:
+            result = value = mem[cell]
+            reads = (cell,)
+        elif code == STORE:
+            mem[cell] = value = a
+            writes = (cell,)
+        elif code == WAIT:
+            self.running = tid
+            reads, ok = self._peek(a)
+            value = ok
+            if not ok:
+                # A false evaluation: sleep until one of the cells read is written.
+                t.runnable = False
+                t.watch = reads
+                for c in reads:
+                    self.watchers.setdefault(c, []).append(t)
+                if not reads:
+                    # Reads nothing, so nothing can ever make it true.
+                    t.watch = ()
+                self._record(t, code, reads, writes, value)
+                return reads, writes, joined
+        elif code == FENCE:
+            value = a
+        elif code == JOIN:
+            joined = a.tid
+            value = a.name
+        else:
+            old = mem[cell]
+            reads = (cell,)
+            if code == XCHG:
+                new = a
+            elif code == CAS:
+                new = b if old == a else old
+            elif code == FADD:
+                new = old + a
+            elif code == FOR:
+                new = old | a
+            else:
+                new = old & a
+            result = old
+            value = (old, new)
+            if code != CAS or old == a:
+                mem[cell] = new
+                writes = (cell,)
+        if writes:
+            w = self.watchers.pop(writes[0], None)
+            if w:
+                for waiter in w:
+                    if not waiter.runnable:
+                        waiter.runnable = True
+                        for c in waiter.watch:
+                            if c != writes[0]:
+                                lst = self.watchers.get(c)
+                                if lst and waiter in lst:
+                                    lst.remove(waiter)
+                        waiter.watch = ()
+        self._record(t, code, reads, writes, value)
+        if self.steps >= self.max_steps:
+            raise _Stop(
+                "step-limit",
+                f"the execution reached {self.max_steps} steps (max_steps): a livelock, "
+                "a spin loop without wait_until, or a bound too small for the program",
+            )
+        self._advance(t, result)
+        if t.finished:
+            self._wake_joiners()
+        if self._new:
+            self._prime()
+        return reads, writes, joined
+
+    def _record(self, t: Thread, code: int, reads: tuple[int, ...],
+                writes: tuple[int, ...], value: Any) -> None:
+        if not self.tracing:
+            return
+        names = tuple(self.cell_names[c] for c in dict.fromkeys(reads + writes))
+        source = user_source(t.glet.gr_frame) if t.glet is not None else None
+        self.trace.append(
+            Event(len(self.trace), t.tid, t.name, OP_NAMES[code], names,
+                  frozenset(reads), frozenset(writes), value, source)
+        )
+
+    def pending_source(self, tid: int) -> str | None:
+        t = self.threads[tid]
+        return user_source(t.glet.gr_frame) if t.glet is not None else None
+
+    def describe_pending(self, tid: int) -> str:
+        op = self.threads[tid].pending
+        if op is None:
+            return "nothing"
+        code = op[0]
+        if code == JOIN:
+            return f"join {op[2].name}"
+        if code == FENCE:
+            return f"fence {op[2]}"
+        if code == WAIT:
+            return "wait_until"
+        return f"{OP_NAMES[code]} {self.cell_names[op[1]]}"
+
+    def stuck_report(self) -> tuple[str, str] | None:
+        """At the end: a (kind, message) if a non-daemon thread can never finish."""
+        stuck = self.blocked_threads()
+        if not stuck:
+            return None
+        parts = []
+        for t in stuck:
+            where = self.pending_source(t.tid)
+            parts.append(
+                f"{t.name} blocked in {self.describe_pending(t.tid)}"
+                + (f" at {where}" if where else "")
+            )
+        kind = "deadlock" if len(stuck) > 1 else "hang"
+        return kind, "nothing can run: " + "; ".join(parts)
+
+    def close(self) -> None:
+        """Throw GreenletExit into every suspended greenlet and drop the tables."""
+        global _current
+        _current = self
+        try:
+            for t in self.threads:
+                g = t.glet
+                if g is not None and g and not g.dead:
+                    try:
+                        g.throw(greenlet.GreenletExit)
+                    except BaseException:  # noqa: BLE001 - a thread misbehaving on exit
+                        pass
+                t.glet = None
+                t.pending = None
+        finally:
+            _current = None
+        self.threads = []
+        self.watchers = {}
+
+
+def install_loop_watchdog(seconds: float) -> Callable[[], None]:
+    """Raise :class:`_LocalLoop` into a thread that runs ``seconds`` without a visible
+    operation (a loop that never touches an Atomic).  Returns the uninstaller."""
+    import signal
+    import threading
+
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    state = {"steps": -1, "ex": None}
+
+    def tick(signum: int, frame: Any) -> None:
+        ex = _current
+        if ex is None:
+            state["ex"] = None
+            return
+        if (state["ex"] is ex and state["steps"] == ex.steps
+                and greenlet.getcurrent() is not ex.sched):
+            raise _LocalLoop(
+                f"ran for more than {seconds:g} s without a visible operation "
+                "(a loop that never touches an Atomic, or a blocking call)"
+            )
+        state["ex"], state["steps"] = ex, ex.steps
+
+    old = signal.signal(signal.SIGALRM, tick)
+    signal.setitimer(signal.ITIMER_REAL, seconds, seconds)
+
+    def uninstall() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+
+    return uninstall
