@@ -1,0 +1,187 @@
+"""The ``vcpureq`` command: check protocols, list the catalogue, replay counterexamples."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from .catalogue import Case, LoadError, builtin_cases, load_object, user_cases
+from .checking import Verdict, run_case
+from .model import MEMORY_MODELS, STRATEGIES, ReplayError, ScheduleError, replay_execution
+
+console = Console()
+err = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vcpureq")
+def main() -> None:
+    """vcpureq: the KVM vCPU request protocol, model-checked, measured and run."""
+
+
+def _select(protocols: tuple[str, ...], scenarios: tuple[str, ...],
+            vcpus: int | None) -> tuple[list[Case], set[int]]:
+    """Cases to run, and the indexes of those that come from a user's file."""
+    builtin = builtin_cases(vcpus=vcpus)
+    cases: list[Case] = []
+    user: set[int] = set()
+    if not protocols:
+        cases = list(builtin)
+    for p in protocols:
+        if ":" in p:
+            for c in user_cases(p, vcpus=vcpus):
+                user.add(len(cases))
+                cases.append(c)
+            continue
+        chosen = [c for c in builtin if c.protocol == p]
+        if not chosen:
+            known = sorted({c.protocol for c in builtin})
+            raise click.UsageError(
+                f"unknown protocol {p!r}; built-in: {', '.join(known)} "
+                "(or FILE.py:NAME for your own)"
+            )
+        cases += chosen
+    if scenarios:
+        keep = [i for i, c in enumerate(cases) if c.scenario in scenarios]
+        if not keep:
+            known = sorted({c.scenario for c in cases})
+            raise click.UsageError(
+                f"no scenario named {', '.join(scenarios)} for these protocols; "
+                f"available: {', '.join(known)}"
+            )
+        user = {keep.index(i) for i in user if i in keep}
+        cases = [cases[i] for i in keep]
+    return cases, user
+
+
+@main.command()
+@click.option("--protocol", "protocols", multiple=True, metavar="NAME|FILE.py:NAME",
+              help="A built-in protocol (see `vcpureq list`) or your own. Repeatable.")
+@click.option("--scenario", "scenarios", multiple=True, help="Only these scenarios.")
+@click.option("--memory-model", type=click.Choice(["default", *MEMORY_MODELS, "tso", "pso"]),
+              default="default", show_default=True,
+              help="Memory model (default: each architecture's own).")
+@click.option("--vcpus", type=click.IntRange(1, 64), default=None,
+              help="Number of vCPUs (default: each scenario's own, usually 2).")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="dpor", show_default=True)
+@click.option("--time-limit", type=float, default=None, help="Seconds per case.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Write every counterexample as text and HTML into this directory.")
+def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: str,
+          vcpus: int | None, strategy: str, time_limit: float | None, as_json: bool,
+          report_dir: str | None) -> None:
+    """Model-check protocols against scenarios (default: the whole built-in catalogue).
+
+    Exit status 1 when a verdict is not the expected one (a built-in variant that should be
+    verified shows a counterexample, a known bug is not found) or your own protocol has a
+    violation."""
+    from .report import counterexample_text, verdict_table, write_reports
+
+    try:
+        cases, user = _select(protocols, scenarios, vcpus)
+    except LoadError as e:
+        raise click.UsageError(str(e)) from None
+    model = None if memory_model == "default" else memory_model
+    verdicts: list[Verdict] = []
+    for i, case in enumerate(cases):
+        try:
+            v = run_case(case, memory_model=model, strategy=strategy, time_limit=time_limit,
+                         progress=None if not as_json else False, user=i in user)
+        except NotImplementedError as e:
+            raise click.UsageError(str(e)) from None
+        verdicts.append(v)
+        if not as_json:
+            mark = "[green]✓[/]" if v.expected else "[bold red]✗[/]"
+            err.print(f"{mark} " + escape(
+                f"{case.name} [{v.exploration.memory_model}]: {v.verdict} "
+                f"({v.exploration.executions:,} executions, {v.exploration.elapsed:.2f} s)"),
+                highlight=False)
+    if as_json:
+        click.echo(json.dumps([v.as_dict() for v in verdicts], indent=2))
+    else:
+        console.print(verdict_table(verdicts))
+        for v in verdicts:
+            if v.violation is not None and not v.expected:
+                console.print(escape(counterexample_text(v)), highlight=False)
+    if report_dir:
+        paths = write_reports(verdicts, report_dir)
+        if not as_json:
+            err.print(f"wrote {len(paths)} files to {report_dir}")
+    unexpected = [v for v in verdicts if not v.expected]
+    if unexpected and not as_json:
+        err.print(f"[bold red]{len(unexpected)} unexpected verdict(s)[/]: "
+                  + ", ".join(v.case.name for v in unexpected))
+    sys.exit(1 if unexpected else 0)
+
+
+@main.command(name="list")
+def list_() -> None:
+    """List the built-in protocols, scenarios and example programs."""
+    from rich.table import Table
+
+    table = Table(title="built-in cases", header_style="bold")
+    for col in ("protocol", "scenario", "model", "expect", "description"):
+        table.add_column(col)
+    for c in builtin_cases():
+        expect = c.expect + (f" ({c.expect_property})" if c.expect_property else "")
+        table.add_row(c.protocol, c.scenario, c.memory_model, expect, c.description)
+    console.print(table)
+    try:
+        from .examples import classic
+    except ImportError:
+        return
+    ex = Table(title="example programs (vcpureq replay vcpureq.examples.classic:NAME ...)",
+               header_style="bold")
+    ex.add_column("name")
+    ex.add_column("description")
+    for name, (_factory, doc) in classic.REGISTRY.items():
+        ex.add_row(name, doc)
+    console.print(ex)
+
+
+def _program_for(target: str, vcpus: int | None) -> Any:
+    if ":" in target:
+        obj = load_object(target)
+        if isinstance(obj, Case):
+            return obj.program
+        if not callable(obj):
+            raise click.UsageError(f"{target}: not a program (a zero-argument callable)")
+        return obj
+    for c in builtin_cases(vcpus=vcpus):
+        if c.name == target:
+            return c.program
+    raise click.UsageError(
+        f"unknown target {target!r}: use PROTOCOL/SCENARIO (see `vcpureq list`) "
+        "or FILE.py:NAME"
+    )
+
+
+@main.command()
+@click.argument("target")
+@click.argument("schedule")
+@click.option("--vcpus", type=click.IntRange(1, 64), default=None)
+def replay(target: str, schedule: str, vcpus: int | None) -> None:
+    """Re-run TARGET (PROTOCOL/SCENARIO or FILE.py:NAME) under SCHEDULE and print the trace."""
+    try:
+        program = _program_for(target, vcpus)
+        trace, _ex, end = replay_execution(program, schedule)
+    except (LoadError, ReplayError, ScheduleError, NotImplementedError) as e:
+        raise click.UsageError(str(e)) from None
+    for ev in trace:
+        console.print(escape(ev.describe()), highlight=False)
+    if end is None:
+        console.print("[green]the execution ends without a violation[/]")
+        sys.exit(0)
+    kind, message = end
+    console.print(f"[bold red]{kind}[/]: " + escape(message), highlight=False)
+    sys.exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

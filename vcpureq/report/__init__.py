@@ -1,0 +1,6 @@
+"""Text and HTML output of verdicts and counterexamples."""
+
+from .html import counterexample_html, write_reports
+from .text import counterexample_text, verdict_table
+
+__all__ = ["counterexample_html", "counterexample_text", "verdict_table", "write_reports"]
