@@ -144,14 +144,16 @@ class Dpor:
                         r for r in sleep if not _dependent(ex.footprint(r), fp))
             self.pos = pos + 1
             last_tid = tid
-            reads, writes, joined = ex.step(tid)
+            reads, writes, joined, after = ex.step(tid)
             if ex.failure is not None:
                 return ex, "failed"
             # ---- happens-before and races of the new event
             vc = thread_vc[tid]
             running = list(vc)
-            if joined >= 0:
-                running = _join(running, thread_vc[joined])
+            for a in joined:
+                running = _join(running, thread_vc[a])
+            for i in after:
+                running = _join(running, events[i][2])
             cands: list[int] = []
             for c in reads:
                 lw = last_write.get(c)

@@ -21,12 +21,13 @@ from typing import Any
 
 from .dpor import Dpor
 from .events import Event, Exploration, Violation
+from .memory import BufferedExecution
 from .progress import Progress, ProgressArg
 from .runtime import Execution, ModelUsageError, _Stop, install_loop_watchdog
 from .schedule import Decision, ScheduleError, decode, encode
 
-MEMORY_MODELS = ("sc",)
-PLANNED_MODELS = ("tso", "pso", "relaxed")
+MEMORY_MODELS = ("sc", "tso", "pso")
+PLANNED_MODELS = ("relaxed",)
 STRATEGIES = ("dpor", "bounded", "random", "naive")
 
 Program = Callable[[], Any]
@@ -37,12 +38,22 @@ def _check_model(memory_model: str) -> None:
         return
     if memory_model in PLANNED_MODELS:
         raise NotImplementedError(
-            f"memory model {memory_model!r} is not implemented yet; "
-            f"available: {', '.join(MEMORY_MODELS)}"
+            f"memory model {memory_model!r} (load-load and load-store reordering, as on "
+            f"ARM and POWER) is not implemented yet; available: {', '.join(MEMORY_MODELS)}"
         )
     raise ValueError(
         f"unknown memory model {memory_model!r}; available: {', '.join(MEMORY_MODELS)}"
     )
+
+
+def new_execution(memory_model: str, program: Program, choice: Callable[[int, int], int],
+                  on_spawn: Callable[[int, int], None] | None, *, tracing: bool,
+                  max_steps: int) -> Execution:
+    """An execution of ``program`` under ``memory_model``."""
+    if memory_model == "sc":
+        return Execution(program, choice, on_spawn, tracing=tracing, max_steps=max_steps)
+    return BufferedExecution(program, choice, on_spawn, tracing=tracing, max_steps=max_steps,
+                             memory_model=memory_model)
 
 
 def explore(
@@ -108,8 +119,8 @@ class _Search:
 
     def make_execution(self, choice: Callable[[int, int], int],
                        on_spawn: Callable[[int, int], None] | None = None) -> Execution:
-        return Execution(self.program, choice, on_spawn,
-                         tracing=self.on_execution is not None, max_steps=self.max_steps)
+        return new_execution(self.memory_model, self.program, choice, on_spawn,
+                             tracing=self.on_execution is not None, max_steps=self.max_steps)
 
     # ------------------------------------------------------------------ bookkeeping
     def finish(self, ex: Execution, how: str, decisions: list[Decision]) -> bool:
@@ -172,9 +183,10 @@ class _Search:
         # A node: [alternatives, index, is_choice]
         stack: list[list[Any]] = []
         cut = False
+        decisions: list[Decision] = []
         while True:
             pos = 0
-            decisions: list[Decision] = []
+            decisions.clear()
 
             def choice(tid: int, n: int) -> int:
                 nonlocal pos
@@ -252,8 +264,9 @@ class _Search:
     def random(self, seed: int | None, runs: int) -> None:
         rng = _random.Random(seed)
         self.max_executions = runs
+        decisions: list[Decision] = []
         while True:
-            decisions: list[Decision] = []
+            decisions.clear()
 
             def choice(tid: int, n: int) -> int:
                 v = rng.randrange(n)
@@ -329,7 +342,7 @@ def replay_execution(program: Program, schedule: str, memory_model: str | None =
             raise _Stop("nondeterminism", f"replay: choose({n}) cannot return {v}")
         return v
 
-    ex = Execution(program, choice, tracing=True, max_steps=max_steps)
+    ex = new_execution(model, program, choice, None, tracing=True, max_steps=max_steps)
     try:
         ex.start()
         end: tuple[str, str] | None = None

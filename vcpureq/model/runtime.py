@@ -30,12 +30,15 @@ ORDERS = ("relaxed", "acquire", "release", "full")
 FENCES = ("mb", "wmb", "rmb", "mb__before_atomic", "mb__after_atomic")
 
 # Operation codes of pending operations (tuples: (code, cell, arg1, arg2, order)).
-LOAD, STORE, XCHG, CAS, FADD, FOR, FAND, FENCE, WAIT, JOIN = range(10)
+LOAD, STORE, XCHG, CAS, FADD, FOR, FAND, FENCE, WAIT, JOIN, FLUSH = range(11)
 OP_NAMES = (
     "load", "store", "exchange", "cas", "fetch_add", "fetch_or", "fetch_and",
-    "fence", "wait", "join",
+    "fence", "wait", "join", "flush",
 )
 _RMW = frozenset((XCHG, CAS, FADD, FOR, FAND))
+
+# (cells read, cells written, actors joined, events joined): see Execution.step.
+StepResult = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 _MODEL_DIR = os.path.dirname(os.path.abspath(__file__))
 _current: Execution | None = None
@@ -56,6 +59,27 @@ class _Stop(BaseException):
 
 class _LocalLoop(Exception):
     """Raised into a thread that ran too long without a visible operation."""
+
+
+def rmw(mem: list[Any], code: int, cell: int, a: Any, b: Any
+        ) -> tuple[Any, tuple[Any, Any], tuple[int, ...]]:
+    """Perform a read-modify-write on ``mem``: (old value, (old, new), cells written).
+    A failed compare_exchange writes nothing (it is a read)."""
+    old = mem[cell]
+    if code == XCHG:
+        new = a
+    elif code == CAS:
+        if old != a:
+            return old, (old, old), ()
+        new = b
+    elif code == FADD:
+        new = old + a
+    elif code == FOR:
+        new = old | a
+    else:
+        new = old & a
+    mem[cell] = new
+    return old, (old, new), (cell,)
 
 
 def _execution() -> Execution:
@@ -145,7 +169,7 @@ class Atomic:
                     f"wait_until predicates may only load; {OP_NAMES[code]} on {self.name}"
                 )
             ex.peek.append(self.id)
-            return ex.mem[self.id]
+            return ex.peek_load(self.id)
         return ex.sched.switch((code, self.id, a, b, order))
 
     def load(self, order: str = "full") -> Any:
@@ -246,6 +270,8 @@ class Execution:
     # ---- threads
     def spawn(self, fn: Callable[..., Any], args: tuple, name: str | None,
               daemon: bool) -> Thread:
+        if self.threads:
+            self._before_spawn()
         tid = len(self.threads)
         t = Thread(self, tid, name or f"t{tid}", daemon)
         self.threads.append(t)
@@ -255,6 +281,7 @@ class Execution:
         def body(*_: Any) -> None:
             try:
                 t.result = fn(*args)
+                self._thread_exit(t)
             except _Stop:
                 raise
             except greenlet.GreenletExit:
@@ -285,6 +312,12 @@ class Execution:
             self._prime()
         finally:
             _current = None
+
+    def _before_spawn(self) -> None:
+        """Hook: creating a thread is a full barrier (pthread_create) under weak models."""
+
+    def _thread_exit(self, t: Thread) -> None:
+        """Hook: a thread's end is a full barrier (pthread_exit / join) under weak models."""
 
     def _main(self) -> Any:
         self.outcome = self.program()
@@ -382,21 +415,28 @@ class Execution:
             _current = prev
         return cells, value
 
-    def step(self, tid: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
-        """Perform thread ``tid``'s pending operation and run it to its next one.
+    def step(self, tid: int) -> StepResult:
+        """Perform actor ``tid``'s pending operation and run it to its next one.
 
-        Returns (cells read, cells written, joined thread id or -1)."""
+        Returns (cells read, cells written, actors whose clocks this event joins, earlier
+        events (by index) it is ordered after).  The last two are the happens-before edges
+        that are not data conflicts: a join after a thread's end, a flush after its store,
+        a fence after the flushes it waited for."""
         global _current
         _current = self
         try:
             return self._step(tid)
         except _Stop as stop:
             self._fail(stop)
-            return (), (), -1
+            return (), (), (), ()
         finally:
             _current = None
 
-    def _step(self, tid: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    def peek_load(self, cell: int) -> Any:
+        """The value a wait_until predicate of the running thread sees in ``cell``."""
+        return self.mem[cell]
+
+    def _step(self, tid: int) -> StepResult:
         t = self.threads[tid]
         op = t.pending
         assert op is not None and t.runnable
@@ -405,7 +445,7 @@ class Execution:
         mem = self.mem
         reads: tuple[int, ...] = ()
         writes: tuple[int, ...] = ()
-        joined = -1
+        joined: tuple[int, ...] = ()
         result: Any = None
         value: Any = None
         if code == LOAD:
@@ -419,52 +459,29 @@ class Execution:
             reads, ok = self._peek(a)
             value = ok
             if not ok:
-                # A false evaluation: sleep until one of the cells read is written.
-                t.runnable = False
-                t.watch = reads
-                for c in reads:
-                    self.watchers.setdefault(c, []).append(t)
-                if not reads:
-                    # Reads nothing, so nothing can ever make it true.
-                    t.watch = ()
+                # A false evaluation: sleep until one of the cells read is written (if it
+                # reads nothing, nothing can ever make it true).
+                self._block(t, reads)
                 self._record(t, code, reads, writes, value)
-                return reads, writes, joined
+                return reads, writes, joined, ()
         elif code == FENCE:
             value = a
         elif code == JOIN:
-            joined = a.tid
+            joined = (a.tid,)
             value = a.name
         else:
-            old = mem[cell]
+            result, value, writes = rmw(mem, code, cell, a, b)
             reads = (cell,)
-            if code == XCHG:
-                new = a
-            elif code == CAS:
-                new = b if old == a else old
-            elif code == FADD:
-                new = old + a
-            elif code == FOR:
-                new = old | a
-            else:
-                new = old & a
-            result = old
-            value = (old, new)
-            if code != CAS or old == a:
-                mem[cell] = new
-                writes = (cell,)
         if writes:
-            w = self.watchers.pop(writes[0], None)
-            if w:
-                for waiter in w:
-                    if not waiter.runnable:
-                        waiter.runnable = True
-                        for c in waiter.watch:
-                            if c != writes[0]:
-                                lst = self.watchers.get(c)
-                                if lst and waiter in lst:
-                                    lst.remove(waiter)
-                        waiter.watch = ()
-        self._record(t, code, reads, writes, value)
+            self._wake(writes[0])
+        return self._finish_step(t, code, reads, writes, value, result, joined, ())
+
+    def _finish_step(self, t: Thread, code: int, reads: tuple[int, ...],
+                     writes: tuple[int, ...], value: Any, result: Any,
+                     joined: tuple[int, ...], after: tuple[int, ...],
+                     record: bool = True) -> StepResult:
+        if record:
+            self._record(t, code, reads, writes, value)
         if self.steps >= self.max_steps:
             raise _Stop(
                 "step-limit",
@@ -476,13 +493,41 @@ class Execution:
             self._wake_joiners()
         if self._new:
             self._prime()
-        return reads, writes, joined
+        return reads, writes, joined, after
+
+    def _wake(self, cell: int) -> None:
+        """``cell`` was written in memory: threads whose false wait read it may run."""
+        w = self.watchers.pop(cell, None)
+        if not w:
+            return
+        for waiter in w:
+            if not waiter.runnable:
+                waiter.runnable = True
+                for c in waiter.watch:
+                    if c != cell:
+                        lst = self.watchers.get(c)
+                        if lst and waiter in lst:
+                            lst.remove(waiter)
+                waiter.watch = ()
+
+    def _block(self, t: Thread, watch: tuple[int, ...]) -> None:
+        """A false wait evaluation: ``t`` sleeps until one of ``watch`` is written."""
+        t.runnable = False
+        t.watch = watch
+        for c in watch:
+            self.watchers.setdefault(c, []).append(t)
+
+    def cell_name(self, cell: int) -> str:
+        return self.cell_names[cell]
 
     def _record(self, t: Thread, code: int, reads: tuple[int, ...],
-                writes: tuple[int, ...], value: Any) -> None:
+                writes: tuple[int, ...], value: Any, cell: int | None = None) -> None:
         if not self.tracing:
             return
-        names = tuple(self.cell_names[c] for c in dict.fromkeys(reads + writes))
+        if cell is not None:
+            names: tuple[str, ...] = (self.cell_names[cell],)
+        else:
+            names = tuple(self.cell_name(c) for c in dict.fromkeys(reads + writes))
         source = user_source(t.glet.gr_frame) if t.glet is not None else None
         self.trace.append(
             Event(len(self.trace), t.tid, t.name, OP_NAMES[code], names,
@@ -549,7 +594,7 @@ def install_loop_watchdog(seconds: float) -> Callable[[], None]:
 
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         return lambda: None
-    state = {"steps": -1, "ex": None}
+    state: dict[str, Any] = {"steps": -1, "ex": None}
 
     def tick(signum: int, frame: Any) -> None:
         ex = _current

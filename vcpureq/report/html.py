@@ -12,8 +12,10 @@ from .text import counterexample_text
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 1.3em; } .meta td { padding: 2px 12px 2px 0; }
-.broke { background: #fff3f3; border-left: 4px solid #c33; padding: .6em 1em; white-space: pre-wrap; }
-table.trace { border-collapse: collapse; margin-top: 1em; font-family: ui-monospace, monospace; font-size: .9em; }
+.broke { background: #fff3f3; border-left: 4px solid #c33; padding: .6em 1em;
+         white-space: pre-wrap; }
+table.trace { border-collapse: collapse; margin-top: 1em;
+              font-family: ui-monospace, monospace; font-size: .9em; }
 table.trace th, table.trace td { border: 1px solid #ddd; padding: 3px 8px; vertical-align: top; }
 table.trace th { background: #f4f4f4; position: sticky; top: 0; }
 td.step { color: #888; text-align: right; } td.src { color: #888; font-size: .85em; }
