@@ -389,6 +389,8 @@ class Execution:
             return (op[1],), ()
         if code == STORE:
             return (), (op[1],)
+        if code == CAS and self.mem[op[1]] != op[2]:
+            return (op[1],), ()  # it would fail: a read
         if code in _RMW:
             return (op[1],), (op[1],)
         if code == WAIT:
@@ -557,13 +559,16 @@ class Execution:
         if not stuck:
             return None
         parts = []
+        roots = 0  # blocked threads that are not merely joining another blocked thread
         for t in stuck:
             where = self.pending_source(t.tid)
+            if t.pending is None or t.pending[0] != JOIN:
+                roots += 1
             parts.append(
                 f"{t.name} blocked in {self.describe_pending(t.tid)}"
                 + (f" at {where}" if where else "")
             )
-        kind = "deadlock" if len(stuck) > 1 else "hang"
+        kind = "deadlock" if roots > 1 else "hang"
         return kind, "nothing can run: " + "; ".join(parts)
 
     def close(self) -> None:
