@@ -26,10 +26,14 @@ from .runtime import (
     spawn,
     wait_until,
 )
+from .real import CheckFailed, WaitTimeout, real_world
 from .schedule import ScheduleError
 
 __all__ = [
     "Atomic",
+    "CheckFailed",
+    "WaitTimeout",
+    "real_world",
     "Event",
     "Exploration",
     "FENCES",

@@ -24,6 +24,7 @@ from typing import Any
 
 import greenlet
 
+from . import real
 from .events import Event
 
 ORDERS = ("relaxed", "acquire", "release", "full")
@@ -86,9 +87,15 @@ def _execution() -> Execution:
     ex = _current
     if ex is None:
         raise ModelUsageError(
-            "vcpureq.model primitives can only be used inside a program run by explore()"
+            "vcpureq.model primitives can only be used inside a program run by explore() "
+            "or inside vcpureq.model.real_world()"
         )
     return ex
+
+
+def _real_world() -> real.RealWorld | None:
+    """The active real world, when no model execution is running."""
+    return real.current() if _current is None else None
 
 
 def user_source(frame: Any) -> str | None:
@@ -138,6 +145,9 @@ class Thread:
 def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None,
           daemon: bool = False) -> Thread:
     """Start ``fn(*args)`` in a new model thread (a local step: no scheduling point)."""
+    world = _real_world()
+    if world is not None:
+        return real.RealThread(world, fn, args, name, daemon)  # type: ignore[return-value]
     return _execution().spawn(fn, args, name, daemon)
 
 
@@ -151,9 +161,16 @@ class Atomic:
     "acquire", "release", "full"; it matters under weak memory models only.
     """
 
-    __slots__ = ("id", "name", "ex")
+    __slots__ = ("id", "name", "ex", "value")
 
     def __init__(self, value: Any = 0, name: str | None = None) -> None:
+        if _real_world() is not None:
+            # The real world: the value lives here; RMWs and stores hold real.LOCK.
+            self.ex: Execution | None = None
+            self.id = -1
+            self.name = name or "atomic"
+            self.value = value
+            return
         ex = _execution()
         self.ex = ex
         self.id = len(ex.mem)
@@ -163,6 +180,8 @@ class Atomic:
 
     def _op(self, code: int, a: Any, b: Any, order: str) -> Any:
         ex = self.ex
+        if ex is None:
+            return self._real_op(code, a, b)
         if ex.peek is not None:
             if code != LOAD:
                 raise ModelUsageError(
@@ -172,7 +191,21 @@ class Atomic:
             return ex.peek_load(self.id)
         return ex.sched.switch((code, self.id, a, b, order))
 
+    def _real_op(self, code: int, a: Any, b: Any) -> Any:
+        if code == LOAD:
+            return self.value
+        with real.LOCK:
+            if code == STORE:
+                self.value = a
+                return None
+            box = [self.value]
+            old, _value, _writes = rmw(box, code, 0, a, b)
+            self.value = box[0]
+            return old
+
     def load(self, order: str = "full") -> Any:
+        if self.ex is None:
+            return self.value
         return self._op(LOAD, None, None, order)
 
     def store(self, value: Any, order: str = "full") -> None:
@@ -201,12 +234,19 @@ def fence(kind: str = "mb") -> None:
     """A memory barrier: one of "mb", "wmb", "rmb", "mb__before_atomic", "mb__after_atomic"."""
     if kind not in FENCES:
         raise ModelUsageError(f"unknown fence {kind!r}; expected one of {', '.join(FENCES)}")
+    if _real_world() is not None:
+        return  # CPython's interpreter lock orders every access already
     _execution().sched.switch((FENCE, None, kind, None, None))
 
 
 def wait_until(predicate: Callable[[], Any]) -> None:
     """Block until ``predicate()`` holds.  Each evaluation is one read event over the cells
-    it loads; after a false one the thread sleeps until another thread writes one of them."""
+    it loads; after a false one the thread sleeps until another thread writes one of them.
+    In the real world it polls, and raises real.WaitTimeout after the world's bound."""
+    world = _real_world()
+    if world is not None:
+        real.real_wait_until(world, predicate)
+        return
     _execution().sched.switch((WAIT, None, predicate, None, None))
 
 
@@ -216,6 +256,8 @@ def choose(n: int) -> int:
         raise ModelUsageError(f"choose({n}): need at least one alternative")
     if n == 1:
         return 0
+    if _real_world() is not None:
+        raise ModelUsageError(f"choose({n}) has no meaning in the real world")
     ex = _execution()
     return ex.choice(ex.running, n)
 
@@ -223,6 +265,8 @@ def choose(n: int) -> int:
 def check(condition: Any, message: str = "check failed") -> None:
     """A property: if ``condition`` is false the execution is an "assertion" violation."""
     if not condition:
+        if _real_world() is not None:
+            raise real.CheckFailed(message)
         raise _Stop("assertion", message)
 
 
