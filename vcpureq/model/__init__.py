@@ -14,6 +14,7 @@ from .explorer import (
     replay,
     replay_execution,
 )
+from .real import CheckFailed, WaitTimeout, real_world
 from .runtime import (
     FENCES,
     ORDERS,
@@ -26,7 +27,6 @@ from .runtime import (
     spawn,
     wait_until,
 )
-from .real import CheckFailed, WaitTimeout, real_world
 from .schedule import ScheduleError
 
 __all__ = [
