@@ -145,8 +145,8 @@ class Dpor:
             self.pos = pos + 1
             last_tid = tid
             reads, writes, joined, after = ex.step(tid)
-            if ex.failure is not None:
-                return ex, "failed"
+            # A step that ends in a violation still happened: its races are analysed
+            # below, so that with stop_on_violation=False nothing is missed.
             # ---- happens-before and races of the new event
             vc = thread_vc[tid]
             running = list(vc)
@@ -191,6 +191,8 @@ class Dpor:
                     reads_since.setdefault(c, []).append(ev_index)
             for e in races:
                 self._reverse(events, e, ev_index)
+            if ex.failure is not None:
+                return ex, "failed"
         return ex, "done"
 
     def _reverse(self, events: list[tuple[int, int, list[int], int]], e: int,

@@ -96,6 +96,8 @@ def explore(
         search.progress.close()
     result.elapsed = time.perf_counter() - search.start
     for v in result.violations:
+        if v.kind == "nondeterminism":
+            continue  # by definition it does not replay; the message says where it diverged
         v.trace = replay(program, v.schedule, max_steps=max_steps)
     return result
 
@@ -180,7 +182,7 @@ class _Search:
     def dfs(self, bound: int | None) -> bool:
         """Every interleaving (with at most ``bound`` preemptions).  Returns whether some
         schedule was cut by the bound; sets ``complete`` when the tree was exhausted."""
-        # A node: [alternatives, index, is_choice]
+        # A node: [alternatives, index, is_choice, {tid: signature seen}]
         stack: list[list[Any]] = []
         cut = False
         decisions: list[Decision] = []
@@ -191,7 +193,7 @@ class _Search:
             def choice(tid: int, n: int) -> int:
                 nonlocal pos
                 if pos == len(stack):
-                    stack.append([list(range(n)), 0, True])
+                    stack.append([list(range(n)), 0, True, {}])
                 value = stack[pos][0][stack[pos][1]]
                 decisions.append(("c", value))
                 pos += 1
@@ -216,13 +218,17 @@ class _Search:
                             cut = True
                     else:
                         alts = list(en)
-                    stack.append([alts, 0, False])
+                    stack.append([alts, 0, False, {}])
                 node = stack[pos]
                 tid = node[0][node[1]]
-                if tid not in en:
-                    ex._fail(_Stop("nondeterminism",
-                                   f"decision {pos}: thread {tid} cannot run in this run "
-                                   "although it could in an earlier run of the same schedule"))
+                sig = ex.signature(tid) if tid in en else None
+                if sig is None or node[3].setdefault(tid, sig) != sig:
+                    ex._fail(_Stop(
+                        "nondeterminism",
+                        f"decision {pos}: thread {tid} does "
+                        f"{ex.describe_pending(tid) if sig else 'nothing runnable'} where an "
+                        "earlier run of the same schedule did something else (does the "
+                        "program use random numbers, time, or state kept across runs?)"))
                     break
                 if last in en and tid != last:
                     preemptions += 1
@@ -336,10 +342,19 @@ def replay_execution(program: Program, schedule: str, memory_model: str | None =
             )
         return v
 
+    errors: list[str] = []
+
     def choice(tid: int, n: int) -> int:
-        v = next_decision("c")
+        # Runs inside the program's thread: a mismatch stops the execution, and is
+        # raised as a ReplayError below.
+        try:
+            v = next_decision("c")
+        except ReplayError as e:
+            errors.append(str(e))
+            raise _Stop("nondeterminism", str(e)) from None
         if not 0 <= v < n:
-            raise _Stop("nondeterminism", f"replay: choose({n}) cannot return {v}")
+            errors.append(f"schedule {schedule!r}: choose({n}) cannot return {v}")
+            raise _Stop("nondeterminism", errors[-1])
         return v
 
     ex = new_execution(model, program, choice, None, tracing=True, max_steps=max_steps)
@@ -359,6 +374,8 @@ def replay_execution(program: Program, schedule: str, memory_model: str | None =
                     "for, or it is not deterministic"
                 )
             ex.step(tid)
+        if errors:
+            raise ReplayError(errors[0])
         if ex.failure is not None:
             end = (ex.failure.kind, ex.failure.message)
         return list(ex.trace), ex, end
