@@ -26,7 +26,6 @@ from vcpureq.model import (
     ScheduleError,
     choose,
     explore,
-    explorer,
     replay,
     replay_execution,
     spawn,
