@@ -183,5 +183,38 @@ def replay(target: str, schedule: str, vcpus: int | None) -> None:
     sys.exit(1)
 
 
+@main.group()
+def kvm() -> None:
+    """Real vCPUs on /dev/kvm."""
+
+
+@kvm.command(name="info")
+@click.option("--device", default="/dev/kvm", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def kvm_info(device: str, as_json: bool) -> None:
+    """Is /dev/kvm usable, and with which capabilities?  Exit 1 when it is not."""
+    from rich.table import Table
+
+    from .kvm import info
+
+    data = info(device)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    elif not data["available"]:
+        err.print(f"[bold red]{device} is not usable[/]: " + escape(str(data["reason"])))
+    else:
+        console.print(f"{device}: API version {data['api_version']}, "
+                      f"backend {', '.join(data['backends']) or 'unknown'}, "
+                      f"vcpu mmap size {data['vcpu_mmap_size']}", highlight=False)
+        table = Table(header_style="bold")
+        table.add_column("capability")
+        table.add_column("value", justify="right")
+        table.add_column("required", justify="center")
+        for cap, value in data["capabilities"].items():
+            table.add_row(cap, str(value), "yes" if cap in data["required"] else "")
+        console.print(table)
+    sys.exit(0 if data["available"] else 1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
