@@ -157,7 +157,12 @@ class BufferedExecution(Execution):
         if need == _ALL:
             return False
         actor = self.actors.get((tid, need))
-        return actor is None or not actor.entries
+        if actor is not None and actor.entries:
+            return False
+        # A relaxed RMW writes memory at once, so it must also wait for every store that
+        # an earlier wmb ordered before it (smp_wmb(); set_bit() in kvm_make_request).
+        epoch = self.epoch.get(tid, 0)
+        return not any(a.entries and a.entries[0][3] < epoch for a in self.actors_of[tid])
 
     def _flushable(self, actor: FlushActor) -> bool:
         if not actor.entries:
@@ -248,7 +253,11 @@ class BufferedExecution(Execution):
         mem = self.mem
         reads: tuple[int, ...] = ()
         writes: tuple[int, ...] = ()
-        joined = self._joins_for(tid, self._drain_need(t))
+        need = self._drain_need(t)
+        joined = self._joins_for(tid, need)
+        after: tuple[int, ...] = ()
+        if self.pso and need is not None and need != _ALL:
+            after = self._older_epoch_flushes(tid, self.epoch.get(tid, 0))
         result: Any = None
         value: Any = None
         if code == LOAD:
@@ -290,7 +299,16 @@ class BufferedExecution(Execution):
             reads = (cell,)
         if writes:
             self._wake(cell)
-        return self._finish_step(t, code, reads, writes, value, result, joined, ())
+        return self._finish_step(t, code, reads, writes, value, result, joined, after)
+
+    def _older_epoch_flushes(self, tid: int, epoch: int) -> tuple[int, ...]:
+        """The flush events of ``tid``'s newest epoch older than ``epoch``: each of them
+        happens after every flush of the epochs before it, so they stand for all."""
+        by_epoch = self.flushes_by_epoch.get(tid)
+        if not by_epoch:
+            return ()
+        older = [e for e in by_epoch if e < epoch]
+        return tuple(by_epoch[max(older)]) if older else ()
 
     def _flush(self, actor: FlushActor, event: int) -> StepResult:
         cell, value, store_event, epoch = actor.entries.popleft()
@@ -301,11 +319,8 @@ class BufferedExecution(Execution):
         self.mem[cell] = value
         after = [store_event]
         if self.pso:
-            by_epoch = self.flushes_by_epoch.setdefault(owner, {})
-            older = [e for e in by_epoch if e < epoch]
-            if older:
-                after += by_epoch[max(older)]
-            by_epoch.setdefault(epoch, []).append(event)
+            after += self._older_epoch_flushes(owner, epoch)
+            self.flushes_by_epoch.setdefault(owner, {}).setdefault(epoch, []).append(event)
         self._wake(cell)
         writes = (self._bcell(owner, cell), cell)
         self._record(actor, FLUSH, (), writes, value, cell)
