@@ -14,8 +14,9 @@ from .catalogue import Case, LoadError, builtin_cases, load_object, user_cases
 from .checking import Verdict, run_case
 from .model import MEMORY_MODELS, STRATEGIES, ReplayError, ScheduleError, replay_execution
 
-console = Console()
-err = Console(stderr=True)
+# Wide enough for the verdict table when the output is a file or a pipe.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -81,7 +82,7 @@ def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: 
     Exit status 1 when a verdict is not the expected one (a built-in variant that should be
     verified shows a counterexample, a known bug is not found) or your own protocol has a
     violation."""
-    from .report import counterexample_text, verdict_table, write_reports
+    from .report import counterexample_text, verdict_table, what_broke, write_reports
 
     try:
         cases, user = _select(protocols, scenarios, vcpus)
@@ -106,6 +107,11 @@ def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: 
         click.echo(json.dumps([v.as_dict() for v in verdicts], indent=2))
     else:
         console.print(verdict_table(verdicts))
+        broke = what_broke(verdicts)
+        if broke:
+            console.print("[bold]what broke[/] (replay with `vcpureq replay`, or --report DIR)")
+            for line in broke:
+                console.print("  " + escape(line), highlight=False)
         for v in verdicts:
             if v.violation is not None and not v.expected:
                 console.print(escape(counterexample_text(v)), highlight=False)

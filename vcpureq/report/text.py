@@ -12,11 +12,12 @@ def verdict_table(verdicts: list[Verdict]) -> Table:
     for col, just in (("protocol", "left"), ("scenario", "left"), ("model", "left"),
                       ("verdict", "left"), ("executions", "right"), ("seconds", "right"),
                       ("expected", "center")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        table.add_column(col, justify=just,  # type: ignore[arg-type]
+                         no_wrap=col not in ("protocol", "scenario"))
     for v in verdicts:
         verdict = v.verdict
         if v.violation is not None:
-            verdict = f"counterexample: {v.property_broken}"
+            verdict = f"counterexample ({v.violation.kind})"
         style = "green" if verdict == "verified" else "yellow" if v.violation else "red"
         table.add_row(
             v.case.protocol, v.case.scenario, v.exploration.memory_model,
@@ -25,6 +26,19 @@ def verdict_table(verdicts: list[Verdict]) -> Table:
             "[green]yes[/]" if v.expected else "[bold red]NO[/]",
         )
     return table
+
+
+def what_broke(verdicts: list[Verdict], width: int = 160) -> list[str]:
+    """One line per counterexample: which case, and what broke in words."""
+    lines = []
+    for v in verdicts:
+        if v.violation is None:
+            continue
+        message = " ".join(v.violation.message.split())
+        if len(message) > width:
+            message = message[: width - 1] + "…"
+        lines.append(f"{v.case.name} [{v.exploration.memory_model}]: {message}")
+    return lines
 
 
 def counterexample_text(v: Verdict) -> str:
