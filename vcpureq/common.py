@@ -178,7 +178,8 @@ def _make_request(req: Request, vcpu: KvmVcpu) -> None:
     The smp_wmb pairs with the smp_mb__after_atomic in check_request; set_bit itself is
     unordered (atomic_bitops.txt).
     """
-    smp_wmb()
+    if "make_request:smp_wmb" not in vcpu.kvm.arch.knockouts:
+        smp_wmb()
     set_bit(req & KVM_REQUEST_MASK, vcpu.requests)
 
 
@@ -216,7 +217,8 @@ def check_request(req: Request, vcpu: KvmVcpu) -> bool:
     """
     if test_request(req, vcpu):
         clear_request(req, vcpu)
-        smp_mb__after_atomic()
+        if "check_request:smp_mb__after_atomic" not in vcpu.kvm.arch.knockouts:
+            smp_mb__after_atomic()
         return True
     return False
 
@@ -233,7 +235,8 @@ def vcpu_exiting_guest_mode(vcpu: KvmVcpu) -> int:
     of vcpu->requests before the read of vcpu->mode (a failed cmpxchg is unordered); it
     pairs with the full barrier after the vCPU's write of IN_GUEST_MODE.
     """
-    smp_mb__before_atomic()
+    if "vcpu_exiting_guest_mode:smp_mb__before_atomic" not in vcpu.kvm.arch.knockouts:
+        smp_mb__before_atomic()
     return int(cmpxchg(vcpu.mode, IN_GUEST_MODE, EXITING_GUEST_MODE))
 
 

@@ -7,12 +7,19 @@ proposals) sit beside the correct architecture they vary.
 from __future__ import annotations
 
 from vcpureq.arch.base import Arch, Host, HostCpu
-from vcpureq.arch.generic import GenericArch, GenericCheckBeforeMode
+from vcpureq.arch.generic import (
+    GenericArch,
+    GenericCheckBeforeMode,
+    GenericNoMbAfterMode,
+    GenericNoWmbInMakeRequest,
+)
 
 __all__ = ["ARCHES", "Arch", "Host", "HostCpu", "get_arch"]
 
 ARCHES: dict[str, type[Arch]] = {
-    cls.name: cls for cls in (GenericArch, GenericCheckBeforeMode)
+    cls.name: cls
+    for cls in (GenericArch, GenericCheckBeforeMode, GenericNoMbAfterMode,
+                GenericNoWmbInMakeRequest)
 }
 
 

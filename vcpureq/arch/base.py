@@ -155,6 +155,19 @@ class Arch:
     name = "base"
     request_arch: str | None = None
     memory_model = "sc"
+    #: The memory models `vcpureq check` runs this protocol under (default: its own).
+    check_models: tuple[str, ...] = ()
+    #: For a broken variant: the models under which its bug shows (default: all).  Under
+    #: the others it is expected to verify (e.g. a missing smp_mb is invisible under SC).
+    buggy_under: tuple[str, ...] | None = None
+    #: Barriers of common code this protocol leaves out, by site (a variant's knob):
+    #: "make_request:smp_wmb", "check_request:smp_mb__after_atomic",
+    #: "vcpu_exiting_guest_mode:smp_mb__before_atomic".
+    knockouts: frozenset[str] = frozenset()
+
+    @classmethod
+    def models_to_check(cls) -> tuple[str, ...]:
+        return cls.check_models or (cls.memory_model,)
 
     # --- construction ----------------------------------------------------------------
 

@@ -30,7 +30,12 @@ from vcpureq.common import (
 )
 from vcpureq.model.kernel import READ_ONCE, WRITE_ONCE, smp_store_mb, smp_wmb
 
-__all__ = ["GenericArch", "GenericCheckBeforeMode"]
+__all__ = [
+    "GenericArch",
+    "GenericCheckBeforeMode",
+    "GenericNoMbAfterMode",
+    "GenericNoWmbInMakeRequest",
+]
 
 EXIT_ABORTED = "aborted"  # the last check before entry said no
 EXIT_IRQ = "irq"  # the guest ran and an IPI made it exit
@@ -41,6 +46,7 @@ class GenericArch(Arch):
     """The vcpu-requests.rst run loop, with x86/arm64 kick semantics."""
 
     name = "generic"
+    check_models: tuple[str, ...] = ("sc", "tso", "pso")
 
     def vcpu_run(self, vcpu: KvmVcpu, entries: int | None = None) -> None:
         """The vCPU thread (KVM_RUN): vcpu_enter_guest over and over.
@@ -108,3 +114,41 @@ class GenericCheckBeforeMode(GenericArch):
         smp_wmb()
         WRITE_ONCE(vcpu.mode, IN_GUEST_MODE)
         return True
+
+
+class GenericNoMbAfterMode(GenericArch):
+    """Broken on purpose: IN_GUEST_MODE is published with a plain store, no full barrier
+    before the last check of vcpu->requests.
+
+    Under SC nothing goes wrong.  Under TSO the store of IN_GUEST_MODE can sit in the
+    vCPU's store buffer while it reads no request; the requester's set_bit and cmpxchg
+    then read OUTSIDE_GUEST_MODE, send no IPI, and the vCPU enters the guest with the
+    request pending: the Dekker pattern needs both full barriers (vcpu-requests.rst).
+    """
+
+    name = "generic-no-mb-after-mode"
+    check_models = ("sc", "tso")
+    buggy_under = ("tso",)
+
+    def enter_guest_mode(self, vcpu: KvmVcpu) -> bool:
+        WRITE_ONCE(vcpu.mode, IN_GUEST_MODE)  # smp_store_mb without its smp_mb
+        if READ_ONCE(vcpu.mode) == EXITING_GUEST_MODE or request_pending(vcpu):
+            WRITE_ONCE(vcpu.mode, OUTSIDE_GUEST_MODE)
+            smp_wmb()
+            return False
+        return True
+
+
+class GenericNoWmbInMakeRequest(GenericArch):
+    """Broken on purpose: kvm_make_request without its smp_wmb before set_bit.
+
+    Under TSO stores become visible in order, so nothing shows.  Under PSO the request
+    bit (an unordered set_bit) can become visible before the payload written just before
+    it, and the handler reads stale data: the smp_wmb pairs with check_request's
+    smp_mb__after_atomic (kvm_host.h).
+    """
+
+    name = "generic-no-wmb-in-make-request"
+    check_models = ("tso", "pso")
+    buggy_under = ("pso",)
+    knockouts = frozenset({"make_request:smp_wmb"})

@@ -40,9 +40,9 @@ class Event:
         where = f"  ({self.source})" if self.source else ""
         if self.op in ("load", "wait"):
             what = f"{self.op} {cells} -> {self.value!r}"
-        elif self.op == "store":
-            what = f"store {cells} := {self.value!r}"
-        elif self.op in ("fence", "join", "flush"):
+        elif self.op in ("store", "flush"):
+            what = f"{self.op} {cells} := {self.value!r}"
+        elif self.op in ("fence", "join"):
             what = f"{self.op} {self.value}" if self.value is not None else self.op
             if cells:
                 what += f" {cells}"

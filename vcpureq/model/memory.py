@@ -16,8 +16,8 @@ buffered stores carry the thread's *epoch*, bumped by each wmb, and a store may 
 flushed when no store of an older epoch is still buffered.  A relaxed read-modify-write
 (the kernel's set_bit, clear_bit, atomic_or) waits for its own cell's buffer and for the
 stores of older wmb epochs (its write is a later store: smp_wmb(); set_bit() in
-kvm_make_request), not for the rest; a fully ordered one (cmpxchg, xchg, test_and_set_bit, value-returning atomics), ``mb`` and
-``smp_mb__before/after_atomic`` drain everything.
+kvm_make_request), not for the rest; a fully ordered one (cmpxchg, xchg, test_and_set_bit,
+value-returning atomics), ``mb`` and ``smp_mb__before/after_atomic`` drain everything.
 
 Neither model reorders loads with loads or loads with later stores (ARM and POWER do):
 under these models a protocol can only be shown wrong for store->load and (PSO)

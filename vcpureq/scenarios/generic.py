@@ -309,8 +309,8 @@ def payload(
                     seen = READ_ONCE(data[i])
                     check(
                         seen == i + 1,
-                        f"vCPU {v} handled {req} without the data written before "
-                        f"make_request (read {seen}, expected {i + 1})",
+                        f"vCPU {v} handled {req} with stale data: it read {seen}, not the "
+                        f"{i + 1} written before make_request",
                     )
 
         def requester(i: int, vcpu: KvmVcpu, req: Request) -> None:
