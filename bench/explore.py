@@ -498,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
                           ("seconds", "right"), ("visible events/s", "right"),
                           (f"executions x {base.upper()}", "right"),
                           (f"seconds x {base.upper()}", "right")]:
-            wt.add_column(col, justify=just)  # type: ignore[arg-type]
+            wt.add_column(col, justify=just,  # type: ignore[arg-type]
+                          overflow="fold", max_width=34 if col == "program" else None)
         last = None
         for w in weak_rows:
             if last is not None and w.program != last:
