@@ -93,12 +93,34 @@ class Dpor:
         self.ex = ex
         ex.start()
         last_tid = 0
-        while not ex.done:
-            en = ex.enabled()
-            if not en:
-                return ex, "stuck"
-            pos = self.pos
-            if pos < len(nodes):
+        # After the last non-daemon thread ends, enabled daemon threads are run on in an
+        # *extension* that makes no decisions (node -1): the outcome is already fixed, but
+        # their later events may race with events of the execution, and source-DPOR needs
+        # those races (next[E](p) and beyond) to try the orders where a daemon runs
+        # earlier.  Extension events never become branch points themselves.
+        extension = 0
+        saved: tuple[Any, ...] = ()
+        while True:
+            if ex.done:
+                if extension == 0:
+                    if ex.failure is not None or self.pos < branch:
+                        break
+                    saved = (ex.failure, ex.steps, len(ex.trace))
+                    extension = max(64, 2 * len(events))
+                en = ex.enabled()
+                if not en or ex.failure is not None or extension == 1:
+                    break
+                extension -= 1
+                tid = last_tid if last_tid in en else en[0]
+                pos = -1
+            else:
+                en = ex.enabled()
+                if not en:
+                    return ex, "stuck"
+                pos = self.pos
+            if pos < 0:
+                pass
+            elif pos < len(nodes):
                 node = nodes[pos]
                 self.cur_sleep = node.sleep
                 if node.kind != EVENT:
@@ -142,7 +164,8 @@ class Dpor:
                     fp = ex.footprint(tid)
                     self.cur_sleep = frozenset(
                         r for r in sleep if not _dependent(ex.footprint(r), fp))
-            self.pos = pos + 1
+            if pos >= 0:
+                self.pos = pos + 1
             last_tid = tid
             reads, writes, joined, after = ex.step(tid)
             # A step that ends in a violation still happened: its races are analysed
@@ -166,13 +189,14 @@ class Dpor:
                 rs = reads_since.get(c)
                 if rs:
                     cands.extend(r for r in rs if r not in cands)
-            analyse = pos >= branch
+            analyse = pos >= branch or pos < 0
             if cands:
                 cands.sort(reverse=True)
                 races = []
                 for e in cands:
-                    et, eidx, evc, _enode = events[e]
-                    if analyse and et != tid and (running[et] if et < len(running) else 0) < eidx:
+                    et, eidx, evc, enode = events[e]
+                    if (analyse and et != tid and enode >= 0
+                            and (running[et] if et < len(running) else 0) < eidx):
                         races.append(e)
                     running = _join(running, evc)
             else:
@@ -191,8 +215,12 @@ class Dpor:
                     reads_since.setdefault(c, []).append(ev_index)
             for e in races:
                 self._reverse(events, e, ev_index)
-            if ex.failure is not None:
+            if ex.failure is not None and pos >= 0:
                 return ex, "failed"
+        if saved:
+            # A daemon's failure after the end is not part of this execution.
+            ex.failure, ex.steps, n = saved
+            del ex.trace[n:]
         return ex, "done"
 
     def _reverse(self, events: list[tuple[int, int, list[int], int]], e: int,
