@@ -100,3 +100,22 @@ def test_dpor_matches_naive_with_daemons(data: st.DataObject) -> None:
         return run(cells, main_ops)
 
     assert outcomes(program, "dpor", model) == outcomes(program, "naive", model)
+
+
+def daemon_chooses_after_main_ends() -> int:
+    x = Atomic(0, name="x")
+
+    def helper() -> None:
+        from vcpureq.model import choose
+        x.store(1 + choose(2))
+        x.store(5)
+
+    spawn(helper, daemon=True)
+    return x.load()
+
+
+def test_daemon_choose_in_the_extension_makes_no_decision() -> None:
+    # The extension after main's end must not add decisions to the tree: the outcomes
+    # are every value x can hold when main loads it, each once per trace.
+    assert outcomes(daemon_chooses_after_main_ends, "naive") == {0, 1, 2, 5}
+    assert outcomes(daemon_chooses_after_main_ends, "dpor") == {0, 1, 2, 5}

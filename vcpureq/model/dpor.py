@@ -76,6 +76,7 @@ class Dpor:
         nodes = self.nodes
         branch = self.branch
         self.pos = 0
+        self.extending = False
         self.cur_sleep: frozenset[int] = frozenset()
         # Happens-before bookkeeping: per event (tid, index in thread, clock, node index).
         events: list[tuple[int, int, list[int], int]] = []
@@ -107,6 +108,7 @@ class Dpor:
                         break
                     saved = (ex.failure, ex.steps, len(ex.trace))
                     extension = max(64, 2 * len(events))
+                    self.extending = True
                 en = ex.enabled()
                 if not en or ex.failure is not None or extension == 1:
                     break
@@ -255,6 +257,8 @@ class Dpor:
         bt.add(awake[0] if awake else feasible[0])
 
     def _choice(self, tid: int, n: int) -> int:
+        if self.extending:
+            return 0  # the extension after main's end makes no decisions
         nodes = self.nodes
         pos = self.pos
         if pos < len(nodes):
