@@ -76,7 +76,6 @@ class Dpor:
         nodes = self.nodes
         branch = self.branch
         self.pos = 0
-        self.extending = False
         self.cur_sleep: frozenset[int] = frozenset()
         # Happens-before bookkeeping: per event (tid, index in thread, clock, node index).
         events: list[tuple[int, int, list[int], int]] = []
@@ -94,35 +93,30 @@ class Dpor:
         self.ex = ex
         ex.start()
         last_tid = 0
-        # After the last non-daemon thread ends, enabled daemon threads are run on in an
-        # *extension* that makes no decisions (node -1): the outcome is already fixed, but
-        # their later events may race with events of the execution, and source-DPOR needs
-        # those races (next[E](p) and beyond) to try the orders where a daemon runs
-        # earlier.  Extension events never become branch points themselves.
+        # After the last non-daemon thread ends, enabled daemon threads run on in an
+        # *extension*: the outcome is already fixed, but their later events may race with
+        # events before the end, and source-DPOR needs those races (next[E](p) and beyond)
+        # to try the orders where a daemon runs earlier.  The extension is explored like
+        # any suffix (its own races are reversed too, or a daemon's race with the prefix
+        # can hide behind another daemon's event), until no daemon is enabled or a budget
+        # of steps is used up.  A daemon's failure in the extension is not a violation.
         extension = 0
         saved: tuple[Any, ...] = ()
         while True:
+            en = ex.enabled()
             if ex.done:
-                if extension == 0:
-                    if ex.failure is not None or self.pos < branch:
+                if not saved:
+                    if ex.failure is not None:
                         break
                     saved = (ex.failure, ex.steps, len(ex.trace))
                     extension = max(64, 2 * len(events))
-                    self.extending = True
-                en = ex.enabled()
-                if not en or ex.failure is not None or extension == 1:
+                if not en or ex.failure is not None or extension == 0:
                     break
                 extension -= 1
-                tid = last_tid if last_tid in en else en[0]
-                pos = -1
-            else:
-                en = ex.enabled()
-                if not en:
-                    return ex, "stuck"
-                pos = self.pos
-            if pos < 0:
-                pass
-            elif pos < len(nodes):
+            elif not en:
+                return ex, "stuck"
+            pos = self.pos
+            if pos < len(nodes):
                 node = nodes[pos]
                 self.cur_sleep = node.sleep
                 if node.kind != EVENT:
@@ -166,8 +160,7 @@ class Dpor:
                     fp = ex.footprint(tid)
                     self.cur_sleep = frozenset(
                         r for r in sleep if not _dependent(ex.footprint(r), fp))
-            if pos >= 0:
-                self.pos = pos + 1
+            self.pos = pos + 1
             last_tid = tid
             reads, writes, joined, after = ex.step(tid)
             # A step that ends in a violation still happened: its races are analysed
@@ -191,14 +184,13 @@ class Dpor:
                 rs = reads_since.get(c)
                 if rs:
                     cands.extend(r for r in rs if r not in cands)
-            analyse = pos >= branch or pos < 0
+            analyse = pos >= branch
             if cands:
                 cands.sort(reverse=True)
                 races = []
                 for e in cands:
                     et, eidx, evc, enode = events[e]
-                    if (analyse and et != tid and enode >= 0
-                            and (running[et] if et < len(running) else 0) < eidx):
+                    if analyse and et != tid and (running[et] if et < len(running) else 0) < eidx:
                         races.append(e)
                     running = _join(running, evc)
             else:
@@ -217,7 +209,7 @@ class Dpor:
                     reads_since.setdefault(c, []).append(ev_index)
             for e in races:
                 self._reverse(events, e, ev_index)
-            if ex.failure is not None and pos >= 0:
+            if ex.failure is not None and not saved:
                 return ex, "failed"
         if saved:
             # A daemon's failure after the end is not part of this execution.
@@ -257,8 +249,6 @@ class Dpor:
         bt.add(awake[0] if awake else feasible[0])
 
     def _choice(self, tid: int, n: int) -> int:
-        if self.extending:
-            return 0  # the extension after main's end makes no decisions
         nodes = self.nodes
         pos = self.pos
         if pos < len(nodes):

@@ -4,7 +4,9 @@ must treat it as next[E](p) and race it against the execution, or the orders whe
 daemon runs earlier are never tried (found in session 7: ``dpor`` gave {0} where
 ``naive`` gave {0, 1} for the first program below).
 
-Every test compares the outcome sets of ``dpor`` with ``naive`` (every interleaving)."""
+Every test compares the outcome sets of ``dpor`` with ``naive`` (every interleaving), under
+SC, TSO and PSO, and the last one also with ``wait_until`` (outcomes and violation kinds:
+a wait that can stay false for ever is a hang in both)."""
 
 from __future__ import annotations
 
@@ -119,3 +121,50 @@ def test_daemon_choose_in_the_extension_makes_no_decision() -> None:
     # are every value x can hold when main loads it, each once per trace.
     assert outcomes(daemon_chooses_after_main_ends, "naive") == {0, 1, 2, 5}
     assert outcomes(daemon_chooses_after_main_ends, "dpor") == {0, 1, 2, 5}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_dpor_matches_naive_with_waits_under_every_model(data: st.DataObject) -> None:
+    """Programs whose threads may wait for a cell to reach a value: the same outcomes and
+    the same kinds of violation (hang/deadlock) under dpor as under naive."""
+    ncells = 2
+    nthreads = data.draw(st.integers(1, 2), label="threads")
+    op = st.one_of(
+        st.tuples(st.sampled_from(["load", "store", "add"]), st.integers(0, ncells - 1),
+                  st.integers(1, 2)),
+        st.tuples(st.just("wait"), st.integers(0, ncells - 1), st.integers(1, 2)),
+    )
+    bodies = [data.draw(st.lists(op, min_size=1, max_size=3), label=f"t{i}")
+              for i in range(nthreads)]
+    daemons = [data.draw(st.booleans(), label=f"daemon{i}") for i in range(nthreads)]
+    main_ops = data.draw(st.lists(op, min_size=1, max_size=2), label="main")
+    model = data.draw(st.sampled_from(["sc", "tso", "pso"]), label="model")
+
+    def run(cells: list[Atomic], ops: list[tuple[str, int, int]]) -> tuple[int, ...]:
+        seen = []
+        for kind, c, v in ops:
+            if kind == "load":
+                seen.append(cells[c].load())
+            elif kind == "store":
+                cells[c].store(v)
+            elif kind == "add":
+                seen.append(cells[c].fetch_add(v))
+            else:
+                cell = cells[c]
+                wait_until(lambda cell=cell, v=v: cell.load() >= v)
+        return tuple(seen)
+
+    def program() -> tuple[Any, ...]:
+        cells = [Atomic(0, name=f"c{i}") for i in range(ncells)]
+        for body, daemon in zip(bodies, daemons, strict=True):
+            spawn(run, cells, body, daemon=daemon)
+        return run(cells, main_ops)
+
+    def everything(strategy: str) -> tuple[set[Any], set[str]]:
+        r = explore(program, strategy=strategy, memory_model=model,
+                    stop_on_violation=False)
+        assert r.complete
+        return set(r.outcomes), {v.kind for v in r.violations}
+
+    assert everything("dpor") == everything("naive")
