@@ -45,14 +45,21 @@ _PROVIDERS = (
 )
 
 
-def builtin_cases(vcpus: int | None = None) -> list[Case]:
+#: Which built-in cases: "default" (what `vcpureq check` runs: a few minutes), "big" (the
+#: configurations that take minutes each; bench/hosts.py, bench/s390x_bigger.py) or "all".
+CASE_SETS = ("default", "big", "all")
+
+
+def builtin_cases(vcpus: int | None = None, which: str = "default") -> list[Case]:
+    if which not in CASE_SETS:
+        raise ValueError(f"unknown case set {which!r}; available: {', '.join(CASE_SETS)}")
     out: list[Case] = []
     for modname in _PROVIDERS:
         mod = importlib.import_module(modname)
         provider = getattr(mod, "cases", None)
         if provider is None:
             continue
-        out.extend(provider(vcpus=vcpus))
+        out.extend(provider(vcpus=vcpus, which=which))
     return out
 
 

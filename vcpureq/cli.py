@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from .catalogue import Case, LoadError, builtin_cases, load_object, user_cases
+from .catalogue import CASE_SETS, Case, LoadError, builtin_cases, load_object, user_cases
 from .checking import Verdict, run_case
 from .model import MEMORY_MODELS, STRATEGIES, ReplayError, ScheduleError, replay_execution
 
@@ -26,9 +26,9 @@ def main() -> None:
 
 
 def _select(protocols: tuple[str, ...], scenarios: tuple[str, ...],
-            vcpus: int | None) -> tuple[list[Case], set[int]]:
+            vcpus: int | None, which: str = "default") -> tuple[list[Case], set[int]]:
     """Cases to run, and the indexes of those that come from a user's file."""
-    builtin = builtin_cases(vcpus=vcpus)
+    builtin = builtin_cases(vcpus=vcpus, which=which)
     cases: list[Case] = []
     user: set[int] = set()
     if not protocols:
@@ -71,12 +71,16 @@ def _select(protocols: tuple[str, ...], scenarios: tuple[str, ...],
               help="Number of vCPUs (default: each scenario's own, usually 2).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="dpor", show_default=True)
 @click.option("--time-limit", type=float, default=None, help="Seconds per case.")
+@click.option("--set", "which", type=click.Choice(CASE_SETS), default="default",
+              show_default=True,
+              help="Built-in cases: the default catalogue (a few minutes), the big "
+              "configurations (minutes each), or all.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write every counterexample as text and HTML into this directory.")
 def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: str,
-          vcpus: int | None, strategy: str, time_limit: float | None, as_json: bool,
-          report_dir: str | None) -> None:
+          vcpus: int | None, strategy: str, time_limit: float | None, which: str,
+          as_json: bool, report_dir: str | None) -> None:
     """Model-check protocols against scenarios (default: the whole built-in catalogue).
 
     Exit status 1 when a verdict is not the expected one (a built-in variant that should be
@@ -85,7 +89,7 @@ def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: 
     from .report import counterexample_text, verdict_table, what_broke, write_reports
 
     try:
-        cases, user = _select(protocols, scenarios, vcpus)
+        cases, user = _select(protocols, scenarios, vcpus, which)
     except LoadError as e:
         raise click.UsageError(str(e)) from None
     model = None if memory_model == "default" else memory_model
@@ -159,7 +163,7 @@ def _program_for(target: str, vcpus: int | None) -> Any:
         if not callable(obj):
             raise click.UsageError(f"{target}: not a program (a zero-argument callable)")
         return obj
-    for c in builtin_cases(vcpus=vcpus):
+    for c in builtin_cases(vcpus=vcpus, which="all"):
         if c.name == target:
             return c.program
     raise click.UsageError(
@@ -220,6 +224,67 @@ def kvm_info(device: str, as_json: bool) -> None:
             table.add_row(cap, str(value), "yes" if cap in data["required"] else "")
         console.print(table)
     sys.exit(0 if data["available"] else 1)
+
+
+@kvm.command(name="run")
+@click.option("--vcpus", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--seconds", type=float, default=5.0, show_default=True)
+@click.option("--guest", type=click.Choice(["counter", "spinner", "halt", "critical-page",
+                                            "triple-fault", "invalid-instruction"]),
+              default="spinner", show_default=True)
+@click.option("--variant", type=click.Choice(["kvm-user", "kvm-user-sigmask",
+                                              "kvm-user-empty-handler"]),
+              default="kvm-user", show_default=True,
+              help="How the kick closes the window before KVM_RUN (see docs/kvm.md).")
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="Driver on one CPU, vCPU threads on the others.")
+@click.option("--json", "as_json", is_flag=True, help="Print the totals as JSON at the end.")
+def kvm_run(vcpus: int, seconds: float, guest: str, variant: str, pin: bool,
+            as_json: bool) -> None:
+    """Run a VM of the kvm_user architecture on /dev/kvm and show, live, per vCPU: KVM_RUN
+    entries, exits, kicks, requests handled, and the latency of the requests made to it
+    while it runs (a sync PING round-robin, a register read every 50 ms)."""
+    from .kvm import probe
+    from .kvm.live import run_live, summary
+
+    reason = probe()
+    if reason is not None:
+        err.print("[bold red]/dev/kvm is not usable[/]: " + escape(reason))
+        sys.exit(1)
+    vmm, stats = run_live(vcpus, seconds, guest, variant=variant,
+                          console=err if as_json else console, pin=pin)
+    if as_json:
+        click.echo(json.dumps(summary(vmm, stats), indent=2))
+
+
+@kvm.command(name="bench")
+@click.option("--quick", is_flag=True, help="Fewer samples, VMs of up to 8 vCPUs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def kvm_bench(quick: bool, as_json: bool) -> None:
+    """Measure requests on real vCPUs (bench/kvm.py): sync request vs the C kick floor,
+    async kick and sync request latency, exits per second, pause-all for 1..16 vCPUs."""
+    import importlib.util
+    from pathlib import Path
+
+    from .kvm import probe
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "kvm.py"
+    if not path.is_file():
+        raise click.UsageError(f"{path} not found (run from a checkout of the repository)")
+    reason = probe()
+    if reason is not None:
+        err.print("[bold red]/dev/kvm is not usable[/]: " + escape(reason))
+        sys.exit(1)
+    spec = importlib.util.spec_from_file_location("vcpureq_bench_kvm", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = bench.run(quick, None if as_json else
+                        (lambda msg: err.print(f"... {msg}", highlight=False)))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        bench.report(results, console)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vcpureq.hw.sched import (
+    RCUWAIT_NONE,
+    RCUWAIT_SLEEPING,
+    RCUWAIT_WOKEN,
+    rcuwait_wait_event,
+)
 from vcpureq.model import Atomic, wait_until
 from vcpureq.model.kernel import (
     READ_ONCE,
@@ -37,7 +43,7 @@ from vcpureq.model.kernel import (
     smp_wmb,
     test_bit,
 )
-from vcpureq.requests import KVM_REQUEST_MASK, Request, from_number
+from vcpureq.requests import KVM_REQUEST_MASK, UNBLOCK, Request, from_number
 
 if TYPE_CHECKING:
     from vcpureq.arch.base import Arch, Host
@@ -62,6 +68,8 @@ __all__ = [
     "pending_requests",
     "vcpu_exiting_guest_mode",
     "vcpu_wake_up",
+    "vcpu_check_block",
+    "vcpu_block",
     "vcpu_kick",
     "make_request_and_kick",
     "request_needs_ipi",
@@ -91,10 +99,8 @@ MODE_NAMES = {
 # --- vcpu->wait (struct rcuwait) -------------------------------------------------------
 # The kernel keeps the sleeping task in vcpu->wait.task and its state in the task; we
 # keep both in one cell: no waiter; a waiter registered and asleep (or about to sleep,
-# TASK_INTERRUPTIBLE); a registered waiter already woken (TASK_RUNNING).
-RCUWAIT_NONE = 0
-RCUWAIT_SLEEPING = 1
-RCUWAIT_WOKEN = 2
+# TASK_INTERRUPTIBLE); a registered waiter already woken (TASK_RUNNING). The waiter side
+# is vcpureq.hw.sched.rcuwait_wait_event, which defines the values.
 
 #: the CPU a requesting thread runs on: none of the vCPUs' host CPUs (requesters are
 #: never vCPU threads in these models, so __kvm_vcpu_kick's "kick myself" path is absent)
@@ -251,13 +257,48 @@ def vcpu_wake_up(vcpu: KvmVcpu) -> bool:
     true only if the task was actually asleep. Returns whether a sleeper was woken.
     (vcpu->ready, a directed-yield hint kvm_vcpu_wake_up also sets, is not modelled.)
     """
-    smp_mb()
+    if "vcpu_wake_up:smp_mb" not in vcpu.kvm.arch.knockouts:  # (B); swait_active lacked it
+        smp_mb()
     if READ_ONCE(vcpu.wait) != RCUWAIT_SLEEPING:
         return False
     if cmpxchg(vcpu.wait, RCUWAIT_SLEEPING, RCUWAIT_WOKEN) != RCUWAIT_SLEEPING:
         return False
     vcpu.stat.halt_wakeup += 1
     return True
+
+
+def vcpu_check_block(vcpu: KvmVcpu) -> bool:
+    """kvm_vcpu_check_block(vcpu) < 0: must the vCPU stop blocking?
+
+    kvm_arch_vcpu_runnable (the architecture's wake-up condition: an interrupt pending,
+    ...), or a KVM_REQ_UNBLOCK (consumed here). Pending timers and signals, which the
+    kernel also checks, are not modelled.
+    """
+    if vcpu.kvm.arch.vcpu_runnable(vcpu):
+        return True
+    return check_request(UNBLOCK, vcpu)
+
+
+def vcpu_block(vcpu: KvmVcpu, *, asleep: bool = False) -> bool:
+    """kvm_vcpu_block: sleep until kvm_vcpu_check_block says the vCPU may run.
+
+    The waiter side of PROTOCOL.md section 4 (rcuwait_wait_event on vcpu->wait):
+    register as the waiter and set the task state with a full barrier, check
+    runnable / request, only then schedule(); a waker sets the condition, issues a full
+    barrier and then reads the waiter (vcpu_wake_up). Returns whether it slept.
+    Halt polling (kvm_vcpu_halt) is not modelled. ``asleep``: the vCPU is asleep in
+    here from the start (a model device for scenarios, see rcuwait_wait_event).
+    """
+    task = vcpu.kvm.host.sched.task_of(vcpu.vcpu_idx)
+    vcpu.kvm.arch.vcpu_blocking(vcpu)
+    arch = vcpu.kvm.arch
+    waited = rcuwait_wait_event(
+        vcpu.wait, task, lambda: vcpu_check_block(vcpu), what="kvm_vcpu_block",
+        observe=lambda: arch.vcpu_runnable(vcpu) or test_request(UNBLOCK, vcpu),
+        asleep=asleep,
+    )
+    vcpu.kvm.arch.vcpu_unblocking(vcpu)
+    return waited
 
 
 def vcpu_kick(vcpu: KvmVcpu, wait: bool = False) -> None:
@@ -298,7 +339,7 @@ def request_needs_ipi(vcpu: KvmVcpu, req: Request) -> bool:
     may still be off) or READING_SHADOW_PAGE_TABLES.
     """
     mode = vcpu_exiting_guest_mode(vcpu)
-    if req.wait:
+    if req.wait and "request_needs_ipi:wait_for_every_mode" not in vcpu.kvm.arch.knockouts:
         return mode != OUTSIDE_GUEST_MODE
     return mode == IN_GUEST_MODE
 
@@ -367,8 +408,14 @@ def set_sync_request(req: Request, vcpu: KvmVcpu) -> None:
     kick, then wait until the vCPU is out of the guest; the architecture's run loop
     handles the request before the vCPU enters the guest again. (s390's
     kvm_s390_sync_request has this shape.) See set_sync_request_many for the wait.
+    This is set_sync_request_many(req, [vcpu]) written out, step for step (the real
+    world, vcpureq.kvm, makes it on every sync request).
     """
-    set_sync_request_many(req, [vcpu])
+    arch = vcpu.kvm.arch
+    make_request(req, vcpu)
+    arch.pre_announce(vcpu, req)
+    arch.kick(vcpu)
+    wait_until(_left_guest_or_handled(req, vcpu))
 
 
 def set_sync_request_many(req: Request, vcpus: Sequence[KvmVcpu]) -> None:

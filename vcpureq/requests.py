@@ -35,6 +35,7 @@ __all__ = [
     "SLEEP",
     "IRQ_PENDING",
     "EVENT",
+    "UPDATE_PROTECTED_GUEST_STATE",
     "GENERIC_REQUESTS",
     "ARCH_REQUESTS",
     "lookup",
@@ -78,28 +79,37 @@ class Request:
     def __post_init__(self) -> None:
         if not 0 <= self.number <= KVM_REQUEST_MASK:
             raise ValueError(f"request number {self.number} outside 0..{KVM_REQUEST_MASK}")
+        # The encoding and the flag tests, computed once: IntFlag arithmetic costs about a
+        # microsecond per operation, and the real world (vcpureq.kvm) does these on every
+        # request. (Frozen dataclass: set through object.__setattr__; not fields, so
+        # equality, hashing and repr are unchanged.)
+        flags = int(self.flags)
+        object.__setattr__(self, "_value", self.number | flags)
+        object.__setattr__(self, "_wait", bool(flags & RequestFlag.WAIT.value))
+        object.__setattr__(self, "_no_wakeup", bool(flags & RequestFlag.NO_WAKEUP.value))
+        object.__setattr__(self, "_no_action", bool(flags & RequestFlag.NO_ACTION.value))
 
     @property
     def value(self) -> int:
-        return self.number | int(self.flags)
+        return self._value  # type: ignore[attr-defined, no-any-return]
 
     def __int__(self) -> int:
-        return self.value
+        return self._value  # type: ignore[attr-defined, no-any-return]
 
     def __and__(self, other: int) -> int:
-        return self.value & int(other)
+        return self._value & int(other)  # type: ignore[attr-defined, no-any-return]
 
     @property
     def wait(self) -> bool:
-        return bool(self.flags & RequestFlag.WAIT)
+        return self._wait  # type: ignore[attr-defined, no-any-return]
 
     @property
     def no_wakeup(self) -> bool:
-        return bool(self.flags & RequestFlag.NO_WAKEUP)
+        return self._no_wakeup  # type: ignore[attr-defined, no-any-return]
 
     @property
     def no_action(self) -> bool:
-        return bool(self.flags & RequestFlag.NO_ACTION)
+        return self._no_action  # type: ignore[attr-defined, no-any-return]
 
     def __str__(self) -> str:
         return self.name
@@ -145,6 +155,11 @@ CLOCK_UPDATE = _arch_req("CLOCK_UPDATE", 4, "x86")
 EVENT = _arch_req("EVENT", 6, "x86")
 NMI = _arch_req("NMI", 9, "x86")
 MCLOCK_INPROGRESS = _arch_req("MCLOCK_INPROGRESS", 14, "x86", _WAIT_NO_WAKEUP)
+#: SEV-SNP AP creation/destroy (sev_snp_ap_creation); KVM_REQUEST_WAIT since the 2025 fix
+#: "KVM: SVM: Fix SNP AP destroy race with VMRUN"
+UPDATE_PROTECTED_GUEST_STATE = _arch_req(
+    "UPDATE_PROTECTED_GUEST_STATE", 34, "x86", RequestFlag.WAIT
+)
 
 
 def _table(*reqs: Request) -> dict[str, Request]:
@@ -169,7 +184,8 @@ ARCH_REQUESTS: dict[str, dict[str, Request]] = {
         REFRESH_GUEST_PREFIX,
     ),
     "arm64": _table(SLEEP, IRQ_PENDING, VCPU_RESET),
-    "x86": _table(TRIPLE_FAULT, MMU_SYNC, CLOCK_UPDATE, EVENT, NMI, MCLOCK_INPROGRESS),
+    "x86": _table(TRIPLE_FAULT, MMU_SYNC, CLOCK_UPDATE, EVENT, NMI, MCLOCK_INPROGRESS,
+                  UPDATE_PROTECTED_GUEST_STATE),
 }
 
 

@@ -11,14 +11,12 @@
   (s390: kvm_s390_vcpu_request_handled clears PROG_REQUEST);
 
 plus the vCPU thread itself, ``vcpu_run``. The defaults are the x86/arm64/riscv
-behaviour. ``Host``/``HostCpu`` model the host hardware the run loops need: per-CPU
-IRQ masking and IPIs (this belongs to a hardware layer; it lives here until one exists).
+behaviour. ``Host``/``HostCpu`` (the simulated host: per-CPU IRQ masking, IPIs,
+scheduling) live in :mod:`vcpureq.hw` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from vcpureq.common import (
@@ -29,7 +27,7 @@ from vcpureq.common import (
     vcpu_exiting_guest_mode,
     vcpu_kick,
 )
-from vcpureq.model import Atomic, wait_until
+from vcpureq.hw import Host, HostCpu
 from vcpureq.model.kernel import READ_ONCE
 from vcpureq.requests import VM_DEAD, Request
 
@@ -37,111 +35,6 @@ if TYPE_CHECKING:
     from vcpureq.common import KvmVcpu
 
 __all__ = ["Arch", "Host", "HostCpu"]
-
-
-class HostCpu:
-    """One host CPU: an IRQ flag, an IPI mailbox, and whether it runs guest code.
-
-    IPIs are counted: ``ipi_sent`` is bumped by every sender (fully ordered RMW, as
-    queueing a call-function entry is), ``ipi_acked`` is advanced by this CPU when it
-    takes the interrupt with IRQs enabled, covering every IPI sent so far (one interrupt
-    runs the whole call-function queue). An IPI is pending while sent > acked. A sender
-    that must wait (smp_call_function_many with wait=1) waits until ``ipi_acked``
-    reaches its own ticket.
-
-    ``irqs_disabled`` is private to the thread running on this CPU. Pending IPIs are
-    taken at ``local_irq_enable`` and while idle; in guest mode an IPI makes the guest
-    exit (with IRQs still off until the exit path enables them).
-    ``guest_running`` is observation only (hardware truth, not read by protocol code);
-    its stores are "full" so that no weak memory model delays them.
-    """
-
-    def __init__(self, cpu_id: int) -> None:
-        self.cpu_id = cpu_id
-        self.ipi_sent = Atomic(0, name=f"cpu{cpu_id}.ipi_sent")
-        self.ipi_acked = Atomic(0, name=f"cpu{cpu_id}.ipi_acked")
-        self.guest_running = Atomic(0, name=f"cpu{cpu_id}.guest_running")
-        self.irqs_disabled = False
-        self._acked = 0  # this CPU's own copy of ipi_acked (only this CPU writes it)
-
-    # --- any CPU ---------------------------------------------------------------------
-
-    def send_ipi(self) -> int:
-        """Send an IPI to this CPU; return its ticket."""
-        return int(self.ipi_sent.fetch_add(1, order="full")) + 1
-
-    def ipi_done(self, ticket: int) -> bool:
-        """Has the IPI with ``ticket`` been taken (csd_lock_wait's acquire load)?"""
-        return bool(self.ipi_acked.load(order="acquire") >= ticket)
-
-    def ipi_pending(self) -> bool:
-        """Is an IPI sent to this CPU not yet taken? (For observers.)"""
-        return bool(self.ipi_sent.load(order="relaxed") > self.ipi_acked.load(order="relaxed"))
-
-    # --- the thread running on this CPU ----------------------------------------------
-
-    def local_irq_disable(self) -> None:
-        self.irqs_disabled = True
-
-    def local_irq_enable(self) -> None:
-        """Enable IRQs: a pending IPI is taken (acknowledged) now."""
-        self.irqs_disabled = False
-        self._take_pending_ipis()
-
-    def _take_pending_ipis(self) -> None:
-        sent = self.ipi_sent.load(order="acquire")
-        if sent > self._acked:
-            self._acked = sent
-            self.ipi_acked.store(sent, order="release")  # csd_unlock: smp_store_release
-
-    def _ipi_arrived(self) -> bool:
-        return bool(self.ipi_sent.load(order="acquire") > self._acked)
-
-    def run_guest(self) -> None:
-        """Run guest code until an IPI arrives on this CPU (at once if one is pending).
-
-        Entering the guest re-enables interrupt delivery atomically, so an IPI that
-        arrived while IRQs were off makes the guest exit immediately.
-        """
-        self.guest_running.store(1, order="full")  # observation: never buffered
-        wait_until(self._ipi_arrived)
-        self.guest_running.store(0, order="full")
-
-    def idle(self) -> None:
-        """Run with IRQs on and nothing to do, forever: take every IPI that arrives.
-
-        The last state of a vCPU thread that has stopped entering the guest (a daemon
-        thread: the model ends while it waits here).
-        """
-        self.irqs_disabled = False
-        while True:
-            wait_until(self._ipi_arrived)
-            self._take_pending_ipis()
-
-
-class Host:
-    """The host's CPUs and the SMP IPI primitives (kernel/smp.c) over them."""
-
-    def __init__(self, nr_cpus: int) -> None:
-        self.cpus = [HostCpu(i) for i in range(nr_cpus)]
-
-    @property
-    def nr_cpu_ids(self) -> int:
-        return len(self.cpus)
-
-    def smp_send_reschedule(self, cpu: int) -> None:
-        """The reschedule IPI: fire and forget."""
-        self.cpus[cpu].send_ipi()
-
-    def smp_call_function_many(self, cpus: Iterable[int], wait: bool) -> None:
-        """IPI every CPU in ``cpus``; with ``wait``, then wait until each one took it."""
-        tickets = [(self.cpus[cpu], self.cpus[cpu].send_ipi()) for cpu in sorted(cpus)]
-        if wait:
-            for target, ticket in tickets:
-                wait_until(functools.partial(target.ipi_done, ticket))
-
-    def smp_call_function_single(self, cpu: int, wait: bool) -> None:
-        self.smp_call_function_many([cpu], wait)
 
 
 class Arch:
@@ -162,8 +55,17 @@ class Arch:
     buggy_under: tuple[str, ...] | None = None
     #: Barriers of common code this protocol leaves out, by site (a variant's knob):
     #: "make_request:smp_wmb", "check_request:smp_mb__after_atomic",
-    #: "vcpu_exiting_guest_mode:smp_mb__before_atomic".
+    #: "vcpu_exiting_guest_mode:smp_mb__before_atomic", "vcpu_wake_up:smp_mb" (the
+    #: waker's barrier (B): a barrier-free swait_active check), and
+    #: "request_needs_ipi:wait_for_every_mode" (WAIT requests IPI only IN_GUEST_MODE,
+    #: not READING_SHADOW_PAGE_TABLES / EXITING_GUEST_MODE).
     knockouts: frozenset[str] = frozenset()
+    #: What the run loop supports beyond the basic request protocol; a scenario runs on
+    #: an architecture only if its ``requires`` are all here (vcpureq.scenarios).
+    #: Names: "block" (kvm_vcpu_block / halt), "interrupts" (queue + deliver a guest
+    #: interrupt), "migration" (preemption points, vcpu_load/put), "lockless-walk"
+    #: (x86 READING_SHADOW_PAGE_TABLES), "pause" (arm64 kvm_arm_halt_guest/resume).
+    features: frozenset[str] = frozenset()
 
     @classmethod
     def models_to_check(cls) -> tuple[str, ...]:
@@ -198,6 +100,22 @@ class Arch:
 
     def request_handled(self, vcpu: KvmVcpu) -> None:
         """The run loop starts handling requests. Nothing to undo with vcpu->mode."""
+
+    def vcpu_runnable(self, vcpu: KvmVcpu) -> bool:
+        """kvm_arch_vcpu_runnable: may a blocked vCPU stop blocking? (loads only)"""
+        return False
+
+    def vcpu_blocking(self, vcpu: KvmVcpu) -> None:
+        """kvm_arch_vcpu_blocking: the vCPU is about to block."""
+
+    def vcpu_unblocking(self, vcpu: KvmVcpu) -> None:
+        """kvm_arch_vcpu_unblocking: the vCPU stopped blocking."""
+
+    def vcpu_load(self, vcpu: KvmVcpu, cpu: HostCpu) -> None:
+        """kvm_arch_vcpu_load(vcpu, cpu): the vCPU thread is scheduled in on ``cpu``."""
+
+    def vcpu_put(self, vcpu: KvmVcpu) -> None:
+        """kvm_arch_vcpu_put: the vCPU thread is scheduled out."""
 
     # --- the vCPU thread -------------------------------------------------------------
 

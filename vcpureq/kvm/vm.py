@@ -107,11 +107,14 @@ class Vm:
                 f"failed: {os.strerror(exc.errno or 0)}") from exc
 
     def add_memslot(self, gpa: int, size: int, *, slot: int | None = None,
-                    flags: int = 0) -> Memslot:
+                    flags: int = 0, data: bytes | None = None) -> Memslot:
         """Back ``size`` bytes of guest-physical memory at ``gpa`` with fresh anonymous
-        memory (zero-filled) in a new slot."""
+        memory in a new slot: zero-filled, or starting with ``data`` (copied in before the
+        slot becomes visible to the guest)."""
         if gpa % PAGE or size % PAGE or size <= 0:
             raise ValueError("gpa and size must be positive multiples of the page size")
+        if data is not None and len(data) > size:
+            raise ValueError(f"{len(data)} bytes of data for a {size}-byte memslot")
         with self._lock:
             if slot is None:
                 slot = max(self.memslots, default=-1) + 1
@@ -122,6 +125,8 @@ class Vm:
                     raise MemslotError(f"0x{gpa:x}+0x{size:x} overlaps memslot {other.slot}")
             mapping = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            if data:
+                mapping[: len(data)] = data
             view = (ctypes.c_char * size).from_buffer(mapping)
             ms = Memslot(slot, gpa, size, flags, mapping, view)
             try:

@@ -7,8 +7,10 @@ Inside ``with real_world():`` (and in every thread started from it), ``Atomic``,
   which CPython executes atomically and in program order, and read-modify-writes hold the
   cell's lock.  Every order is therefore at least as strong as the kernel asks.
 - ``fence`` is a no-op: CPython's interpreter lock orders every access already.
-- ``wait_until`` spins (yielding the CPU) and then sleeps briefly between evaluations,
+- ``wait_until`` polls, sleeping as briefly as the OS allows between evaluations (which
+  hands the interpreter lock to the thread it waits for), then backing off up to 1 ms,
   and raises :class:`WaitTimeout` after the world's ``timeout``: nothing waits forever.
+  A thread that waits gets a timer slack of 1 ns (``prctl``), for those short sleeps.
 - ``spawn`` starts a ``threading.Thread``; ``join`` has the same bound and re-raises the
   thread's exception in the joiner.
 - ``choose`` raises: the real world has no nondeterministic choice to explore.
@@ -52,7 +54,7 @@ def real_world(timeout: float = 10.0, spin: int = 200) -> Iterator[RealWorld]:
     """Run the model primitives on real threads inside this block.
 
     ``timeout`` bounds every ``wait_until`` and ``join``; ``spin`` is how many evaluations
-    a wait makes (yielding between them) before it starts to sleep."""
+    a wait makes with the shortest sleep between them before it backs off."""
     global _world
     with _lock:
         if _world is not None:
@@ -74,14 +76,26 @@ def _describe(predicate: Callable[[], Any]) -> str:
 
 def real_wait_until(world: RealWorld, predicate: Callable[[], Any],
                     timeout: float | None = None) -> None:
+    """Poll ``predicate`` until it holds; WaitTimeout after ``timeout`` (default: the
+    world's). The waiter must give up the interpreter lock between polls, and for long
+    enough that the thread it waits for (say a vCPU thread just back from KVM_RUN) gets
+    it: ``time.sleep(0)`` or ``os.sched_yield()`` hand it back too soon (that thread is
+    still waking up on its CPU, then finds the lock taken again and sleeps up to the
+    switch interval, 5 ms), a busy loop never gives it up. So the first ``world.spin``
+    polls are separated by the shortest real sleep (1 us asked for; with this thread's
+    timer slack set to 1 ns it lasts about as long as the timer programming costs), then
+    the sleeps double up to 1 ms."""
     if predicate():
         return
-    for _ in range(world.spin):
-        time.sleep(0)
-        if predicate():
-            return
     limit = world.timeout if timeout is None else timeout
     deadline = time.monotonic() + limit
+    _precise_sleeps()
+    for _ in range(world.spin):
+        time.sleep(_SPIN_SLEEP)
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            break
     delay = 20e-6
     while not predicate():
         if time.monotonic() > deadline:
@@ -90,6 +104,25 @@ def real_wait_until(world: RealWorld, predicate: Callable[[], Any],
             )
         time.sleep(delay)
         delay = min(delay * 2, 1e-3)
+
+
+_SPIN_SLEEP = 1e-6
+_PR_SET_TIMERSLACK = 29
+_thread_state = threading.local()
+
+
+def _precise_sleeps() -> None:
+    """Once per thread: timer slack 1 ns (prctl PR_SET_TIMERSLACK; Linux), so that a 1 us
+    sleep is not stretched to the default 50 us slack. Best effort."""
+    if getattr(_thread_state, "slack_set", False):
+        return
+    _thread_state.slack_set = True
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 class RealThread:

@@ -262,6 +262,16 @@ def choose(n: int) -> int:
     return ex.choice(ex.running, n)
 
 
+def current_step() -> int | None:
+    """The trace step (``Event.step``) of the running thread's last visible operation,
+    for messages that cite the counterexample's trace; None outside a model execution.
+    Plain bookkeeping: no scheduling point, the explored space is unchanged."""
+    ex = _current
+    if ex is None:
+        return None
+    return int(ex.steps) - 1
+
+
 def check(condition: Any, message: str = "check failed") -> None:
     """A property: if ``condition`` is false the execution is an "assertion" violation."""
     if not condition:

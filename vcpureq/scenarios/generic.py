@@ -10,7 +10,11 @@ The outcome is the sorted tuple of how the vCPUs met the requests they handled:
 ``SAW_BEFORE_ENTRY`` (at the top of the run loop, or at the last check before entry) or
 ``KICKED_OUT`` (an IPI made the guest exit first).
 
-Properties (PROTOCOL.md section 8), checked with ``check``:
+Properties (PROTOCOL.md section 8), checked with ``check``. A violation message starts
+with the property's name ("no lost request: ...", "sync: ...", "payload: ..."), says in
+words what broke, and ends with *how*, citing the trace steps of the counterexample
+(vcpureq.hw.observe): when the request was made, when the vCPU entered the guest, which
+IPIs went to its CPU.
 
 - no lost request (every scenario): once all requesters have returned, every request
   gets handled; no vCPU ends up running the guest with a request pending and no IPI
@@ -40,11 +44,14 @@ from vcpureq.common import (
     make_all_cpus_request,
     make_request,
     pending_requests,
+    set_request,
     set_sync_request,
     set_sync_request_many,
     test_request,
     vcpu_kick,
 )
+from vcpureq.hw.cpu import GUEST_UNTIL_IPI, HostCpu
+from vcpureq.hw.observe import current_step, step_text
 from vcpureq.model import Atomic, check, spawn, wait_until
 from vcpureq.model.kernel import READ_ONCE, WRITE_ONCE
 from vcpureq.requests import Request, lookup
@@ -57,9 +64,11 @@ __all__ = [
     "ArchSpec",
     "new_arch",
     "async_request",
+    "ASYNC_CALLS",
     "sync_request",
     "SYNC_CALLS",
     "payload",
+    "StepLog",
 ]
 
 Program = Callable[[], Any]
@@ -99,6 +108,99 @@ def _resolve(arch: ArchSpec, nr_vcpus: int, targets: Targets) -> list[tuple[int,
     return resolved
 
 
+class StepLog:
+    """What the harness saw happen, by trace step, to say *how* a property broke.
+
+    ``made[v]``: (request, step) for each request a requester made on vCPU v (the step of
+    make_request's set_bit); ``entries[v]``: for each guest entry of vCPU v, the step of
+    its last visible operation before the guest ran (its last check, or the write of
+    IN_GUEST_MODE where that comes later); ``returned[(call, v)]``: when a requester's
+    call on vCPU v returned. IPIs are
+    in the host CPUs' own logs (``HostCpu.sent_at``/``taken_at``). Plain bookkeeping,
+    not visible operations (see vcpureq.hw.observe).
+    """
+
+    def __init__(self) -> None:
+        self.made: dict[int, list[tuple[Request, int | None]]] = {}
+        self.entries: dict[int, list[int | None]] = {}
+        self.returned: dict[tuple[str, int], int | None] = {}
+        self.events: list[tuple[str, int | None]] = []
+
+    def note(self, what: str) -> None:
+        """Note that ``what`` (a phrase: "the injector queued the interrupt") just
+        happened: its last visible operation is the current step."""
+        self.events.append((what, current_step()))
+
+    def events_how(self) -> str:
+        """The noted events in words, with their steps."""
+        if not self.events:
+            return "nothing else was noted"
+        return ", ".join(f"{what} at {step_text(step)}" for what, step in self.events)
+
+    def note_made(self, vcpu: KvmVcpu, req: Request) -> None:
+        self.made.setdefault(vcpu.vcpu_idx, []).append((req, current_step()))
+
+    def note_entry(self, vcpu: KvmVcpu) -> None:
+        self.entries.setdefault(vcpu.vcpu_idx, []).append(current_step())
+
+    def note_returned(self, call: str, vcpus: list[KvmVcpu]) -> None:
+        step = current_step()
+        for vcpu in vcpus:
+            self.returned[(call, vcpu.vcpu_idx)] = step
+
+    def returned_at(self, call: str, vcpu: KvmVcpu) -> int | None:
+        return self.returned.get((call, vcpu.vcpu_idx))
+
+    def made_at(self, vcpu: KvmVcpu, req: Request) -> int | None:
+        steps = [s for r, s in self.made.get(vcpu.vcpu_idx, []) if r == req]
+        return steps[-1] if steps else None
+
+    def last_entry(self, vcpu: KvmVcpu) -> int | None:
+        entries = self.entries.get(vcpu.vcpu_idx)
+        return entries[-1] if entries else None
+
+    def lost_request_how(self, vcpu: KvmVcpu, cpu: HostCpu, pending: list[Request]) -> str:
+        """How a request ended up pending on a vCPU in the guest for good."""
+        entry = self.last_entry(vcpu)
+        parts = []
+        for req in pending:
+            made = self.made_at(vcpu, req)
+            if made is None:
+                calls = [f"{call} returned at {step_text(step)}"
+                         for (call, v), step in self.returned.items() if v == vcpu.vcpu_idx]
+                parts.append(f"vCPU {vcpu.vcpu_id} last went into the guest after "
+                             f"{step_text(entry)} and {req} is pending"
+                             + (f" ({', '.join(calls)})" if calls else ""))
+            elif entry is not None and entry < made:
+                parts.append(f"{req} was made at step {made}, when vCPU {vcpu.vcpu_id} had "
+                             f"passed its last check (it went into the guest after step "
+                             f"{entry})")
+            else:
+                parts.append(f"{req} was made at step {made}, yet vCPU {vcpu.vcpu_id} went "
+                             f"into the guest after {step_text(entry)} with it pending (its "
+                             f"last check did not see it)")
+        parts.append(ipis_how(cpu, after=entry))
+        return "; ".join(parts)
+
+
+def ipis_how(cpu: HostCpu, after: int | None = None) -> str:
+    """Which IPIs CPU ``cpu`` got (after step ``after``), in words with steps."""
+    sent = sorted((t, s) for t, s in cpu.sent_at.items()
+                  if after is None or s is None or s > after)
+    if not sent:
+        since = "" if after is None else f" after step {after}"
+        return f"no IPI was sent to CPU {cpu.cpu_id}{since}"
+    said = ", ".join(
+        f"one sent at {step_text(s)} "
+        + (f"taken at {step_text(cpu.taken_at[t])}" if t in cpu.taken_at else "not taken")
+        for t, s in sent)
+    return f"IPIs to CPU {cpu.cpu_id}: {said}"
+
+
+def requests_named(requests: list[Request]) -> str:
+    return ", ".join(r.name for r in requests)
+
+
 class Harness:
     """One run of a scenario: the VM, its vCPU threads, the requesters and the checks.
 
@@ -119,12 +221,20 @@ class Harness:
         self.targets = targets
         self.done = [Atomic(0, name=f"requester{i}.done") for i in range(len(targets))]
         self.met: set[str] = set()
+        self.log = StepLog()
+        scenario_entry = on_guest_entry
+
+        def guest_entry(vcpu: KvmVcpu) -> None:
+            self.log.note_entry(vcpu)
+            if scenario_entry is not None:
+                scenario_entry(vcpu)
+
         self.kvm = Kvm(
             new_arch(arch),
             nr_vcpus,
             on_requests_seen=self.requests_seen,
             on_request=on_request,
-            on_guest_entry=on_guest_entry,
+            on_guest_entry=guest_entry,
         )
         for vcpu in self.kvm.vcpus:
             spawn(self.kvm.arch.vcpu_run, vcpu, entries, name=f"vcpu{vcpu.vcpu_id}", daemon=True)
@@ -177,16 +287,22 @@ class Harness:
 
         def handled_or_stuck() -> bool:
             return READ_ONCE(vcpu.requests) == 0 or (
-                READ_ONCE(cpu.guest_running) and not cpu.ipi_pending()
+                READ_ONCE(cpu.guest_running) == GUEST_UNTIL_IPI and not cpu.ipi_pending()
             )
 
         wait_until(handled_or_stuck)
         pending = READ_ONCE(vcpu.requests)
-        check(
-            pending == 0,
-            f"vCPU {vcpu.vcpu_id} is in guest mode with {self.names(pending)} pending "
-            f"and no IPI on its way: the request is lost",
-        )
+        if pending:
+            requests = pending_requests(pending, self.kvm.arch.request_arch)
+            check(
+                False,
+                f"no lost request: vCPU {vcpu.vcpu_id} is in guest mode with "
+                f"{self.names(pending)} pending and no IPI on its way: the request is lost; "
+                f"how: {self.log.lost_request_how(vcpu, cpu, requests)}",
+            )
+
+
+ASYNC_CALLS = ("kick", "set_request")
 
 
 def async_request(
@@ -195,18 +311,32 @@ def async_request(
     nr_vcpus: int = 2,
     targets: Targets = _ONE,
     entries: int | None = None,
+    via: str = "kick",
 ) -> Program:
-    """Requesters do make_request + vcpu_kick on running vCPUs; no request may be lost."""
+    """Requesters make a request on running vCPUs and kick them; no request may be lost.
+
+    ``via="kick"``: make_request + vcpu_kick (kvm_make_request + kvm_vcpu_kick);
+    ``via="set_request"``: the seed's set_request (make_request + the architecture's
+    ``kick`` callback, e.g. ppc64's doorbell fast kick)."""
+    if via not in ASYNC_CALLS:
+        raise ValueError(f"unknown call {via!r} (known: {', '.join(ASYNC_CALLS)})")
     resolved = _resolve(arch, nr_vcpus, targets)
 
-    def requester(i: int, vcpu: KvmVcpu, req: Request) -> None:
-        make_request(req, vcpu)
-        vcpu_kick(vcpu)
-
     def program() -> tuple[str, ...]:
-        return Harness(arch, nr_vcpus, resolved, entries).run(requester)
+        harness = Harness(arch, nr_vcpus, resolved, entries)
 
-    program.__name__ = f"async_request[{arch_name(arch)}]"
+        def requester(i: int, vcpu: KvmVcpu, req: Request) -> None:
+            if via == "set_request":
+                set_request(req, vcpu)
+                harness.log.note_returned("set_request", [vcpu])
+                return
+            make_request(req, vcpu)
+            harness.log.note_made(vcpu, req)
+            vcpu_kick(vcpu)
+
+        return harness.run(requester)
+
+    program.__name__ = f"async_request[{arch_name(arch)}{'' if via == 'kick' else ', ' + via}]"
     return program
 
 
@@ -254,8 +384,10 @@ def sync_request(
                 if v == vcpu.vcpu_idx and test_request(req, vcpu):
                     check(
                         not READ_ONCE(harness.done[i]),
-                        f"vCPU {v} entered the guest with {req} pending although "
-                        f"{via}({req}) had returned",
+                        f"sync: vCPU {v} entered the guest with {req} pending although "
+                        f"{via}({req}) had returned; how: the call returned at "
+                        f"{step_text(harness.log.returned_at(via, vcpu))}, and the vCPU "
+                        f"went into the guest after {step_text(current_step())}",
                     )
 
         def check_returned(vcpu: KvmVcpu, req: Request) -> None:
@@ -264,12 +396,16 @@ def sync_request(
             cpu = harness.kvm.host.cpus[vcpu.vcpu_idx]
             check(
                 not (READ_ONCE(cpu.guest_running) and test_request(req, vcpu)),
-                f"{via}({req}) returned but vCPU {vcpu.vcpu_id} is running the guest "
-                f"with {req} not handled",
+                f"sync: {via}({req}) returned but vCPU {vcpu.vcpu_id} is running the guest "
+                f"with {req} not handled; how: the call returned at "
+                f"{step_text(harness.log.returned_at(via, vcpu))}, vCPU {vcpu.vcpu_id} went "
+                f"into the guest after {step_text(harness.log.last_entry(vcpu))}, and "
+                f"{ipis_how(cpu, after=harness.log.last_entry(vcpu))}",
             )
 
         def requester(i: int, vcpu: KvmVcpu, req: Request) -> None:
             set_sync_request(req, vcpu)
+            harness.log.note_returned(via, [vcpu])
             check_returned(vcpu, req)
 
         def requester_together(work: list[Work]) -> None:
@@ -278,6 +414,7 @@ def sync_request(
                 make_all_cpus_request(harness.kvm, req)
             else:
                 set_sync_request_many(req, [vcpu for _, vcpu, _ in work])
+            harness.log.note_returned(via, [vcpu for _, vcpu, _ in work])
             for _, vcpu, _ in work:
                 check_returned(vcpu, req)
 
@@ -302,6 +439,7 @@ def payload(
 
     def program() -> tuple[str, ...]:
         data = [Atomic(0, name=f"requester{i}.data") for i in range(len(resolved))]
+        written: dict[int, int | None] = {}
 
         def on_request(vcpu: KvmVcpu, req: Request) -> None:
             for i, (v, r) in enumerate(resolved):
@@ -309,16 +447,23 @@ def payload(
                     seen = READ_ONCE(data[i])
                     check(
                         seen == i + 1,
-                        f"vCPU {v} handled {req} with stale data: it read {seen}, not the "
-                        f"{i + 1} written before make_request",
+                        f"payload: vCPU {v} handled {req} with stale data: it read {seen}, "
+                        f"not the {i + 1} written before make_request; how: the data was "
+                        f"written at {step_text(written.get(i))}, {req} made at "
+                        f"{step_text(harness.log.made_at(vcpu, req))}, the handler read "
+                        f"the data at {step_text(current_step())}",
                     )
+
+        harness = Harness(arch, nr_vcpus, resolved, entries, on_request=on_request)
 
         def requester(i: int, vcpu: KvmVcpu, req: Request) -> None:
             WRITE_ONCE(data[i], i + 1)
+            written[i] = current_step()
             make_request(req, vcpu)
+            harness.log.note_made(vcpu, req)
             vcpu_kick(vcpu)
 
-        return Harness(arch, nr_vcpus, resolved, entries, on_request=on_request).run(requester)
+        return harness.run(requester)
 
     program.__name__ = f"payload[{arch_name(arch)}]"
     return program
