@@ -11,7 +11,8 @@ Two kinds of rows:
 - ``big``: the catalogue cases `vcpureq check` leaves out by default
   (``vcpureq.scenarios.BIG_CASES``: the two-requester and every-vCPU generic scenarios
   on x86, arm64, ppc64 and the generic run loop, and the proposed fix on x86's
-  kick-wait-race), with the verdict the catalogue expects; tens of seconds to minutes
+  kick-wait-race; also kvm-user's two-requester case and s390x's bigger cases, as
+  ``vcpureq check --set big``), with the verdict the catalogue expects; tens of seconds to minutes
   each. With ``--protocol FILE.py:NAME`` the rows are a user's variant on the big set of
   the built-in architecture it derives from.
 - ``configs``: the host scenarios with more vCPUs, every vCPU running, two injectors,

@@ -1,0 +1,37 @@
+"""The built-in case sets: `vcpureq check` (default), `--set big` and `--set all`."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from vcpureq.catalogue import builtin_cases
+from vcpureq.cli import main
+
+
+def keys(which: str) -> set[tuple[str, str, str]]:
+    return {(c.protocol, c.scenario, c.memory_model) for c in builtin_cases(which=which)}
+
+
+def test_default_and_big_are_disjoint_and_make_all() -> None:
+    default, big, every = keys("default"), keys("big"), keys("all")
+    assert default and big
+    assert not default & big
+    assert default | big == every
+    # each architecture family has something in the big set
+    families = {p.split("-")[0] for p, _, _ in big}
+    assert {"generic", "x86", "arm64", "ppc64", "s390x", "kvm"} <= families
+
+
+def test_unknown_set_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown case set"):
+        builtin_cases(which="huge")
+    r = CliRunner().invoke(main, ["check", "--set", "huge"])
+    assert r.exit_code == 2 and "huge" in r.output
+
+
+def test_replay_finds_a_big_case() -> None:
+    # A big case is not in the default catalogue, but replay knows it by name.
+    big = builtin_cases(which="big")[0]
+    r = CliRunner().invoke(main, ["replay", big.name, f"{big.memory_model}:0"])
+    assert "unknown target" not in r.output
