@@ -402,3 +402,17 @@ def test_current_step_is_the_trace_index_of_the_last_operation() -> None:
     assert v.message == f"stop at {noted[0]}"
     assert trace[noted[0]].op == "store" and trace[noted[0]].value == 2
     assert current_step() is None  # outside a model execution
+
+
+def test_real_world_ipis_keep_no_step_log() -> None:
+    """The step log is for model counterexamples; in the real world (a VMM that pauses
+    its vCPUs for hours) it must not grow with every IPI."""
+    from vcpureq.model import real_world
+
+    with real_world():
+        cpu = HostCpu(0)
+        for _ in range(100):
+            cpu.send_call_function_ipi()
+            cpu.handle_ipis()
+        assert cpu.stat.taken == 100
+        assert cpu.sent_at == {} and cpu.taken_at == {}

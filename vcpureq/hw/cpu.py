@@ -91,7 +91,9 @@ class HostCpu:
     def send_ipi(self) -> int:
         """Send an IPI to this CPU (no callback); return its ticket."""
         ticket = int(self.ipi_sent.fetch_add(1, order="full")) + 1
-        self.sent_at[ticket] = current_step()
+        step = current_step()
+        if step is not None:  # a model execution; the real world keeps no trace
+            self.sent_at[ticket] = step
         return ticket
 
     def send_call_function_ipi(self, func: Callable[[], None] | None = None) -> int:
@@ -143,8 +145,9 @@ class HostCpu:
             self._acked = sent
             self.ipi_acked.store(sent, order="release")  # csd_unlock: smp_store_release
             step = current_step()
-            for ticket in range(len(self.taken_at) + 1, sent + 1):
-                self.taken_at[ticket] = step
+            if step is not None:  # as in send_ipi: nothing grows in the real world
+                for ticket in range(len(self.taken_at) + 1, sent + 1):
+                    self.taken_at[ticket] = step
 
     def _ipi_arrived(self) -> bool:
         return bool(self.ipi_sent.load(order="acquire") > self._acked)
