@@ -17,8 +17,12 @@ store buffer while the vCPU reads no request; a requester that just set one read
 OUTSIDE_GUEST_MODE, sends no IPI, and the guest runs with the request pending: the
 model reports the lost request, with the steps of the trace where it happened.
 
-To replay a counterexample, name a *program*: ``async_request_program`` below is the
-scenario built on the variant::
+To replay a counterexample, name the variant and the scenario::
+
+    vcpureq replay examples/user_variant.py:X86NoMbBeforeRequestCheck/async-request \
+        tso:1*4.2*4.3*7.0*2.4.1*2.0*2
+
+or a *program*: ``async_request_program`` below is the scenario built on the variant::
 
     vcpureq replay examples/user_variant.py:async_request_program tso:1*4.2*4.3*7.0*2.4.1*2.0*2
 

@@ -35,3 +35,19 @@ def test_replay_finds_a_big_case() -> None:
     big = builtin_cases(which="big")[0]
     r = CliRunner().invoke(main, ["replay", big.name, f"{big.memory_model}:0"])
     assert "unknown target" not in r.output
+
+
+def test_replay_a_scenario_of_a_users_protocol() -> None:
+    """FILE.py:NAME/SCENARIO replays a counterexample of `check --protocol FILE.py:NAME`
+    without writing a program object."""
+    target = "examples/user_variant.py:X86NoMbBeforeRequestCheck"
+    r = CliRunner().invoke(main, ["check", "--protocol", target, "--scenario",
+                                  "async-request", "--json"])
+    assert r.exit_code == 1
+    import json
+
+    token = json.loads(r.output)[0]["violation"]["schedule"]
+    r = CliRunner().invoke(main, ["replay", f"{target}/async-request", token])
+    assert "no lost request" in r.output, r.output
+    r = CliRunner().invoke(main, ["replay", f"{target}/nope", token])
+    assert r.exit_code == 2 and "has no scenario 'nope'" in r.output

@@ -156,6 +156,20 @@ def list_() -> None:
 
 
 def _program_for(target: str, vcpus: int | None) -> Any:
+    scenario = target.partition(":")[2].partition("/")[2]
+    if ":" in target and scenario:
+        # FILE.py:NAME/SCENARIO: a scenario of a user's protocol, as `check` ran it
+        file_spec = target[: len(target) - len(scenario) - 1]
+        try:
+            found = user_cases(file_spec, vcpus=vcpus)
+        except LoadError as e:
+            raise click.UsageError(str(e)) from None
+        for c in found:
+            if c.scenario == scenario:
+                return c.program
+        raise click.UsageError(
+            f"{file_spec} has no scenario {scenario!r}; it has: "
+            + ", ".join(sorted({c.scenario for c in found})))
     if ":" in target:
         obj = load_object(target)
         if isinstance(obj, Case):
@@ -167,8 +181,8 @@ def _program_for(target: str, vcpus: int | None) -> Any:
         if c.name == target:
             return c.program
     raise click.UsageError(
-        f"unknown target {target!r}: use PROTOCOL/SCENARIO (see `vcpureq list`) "
-        "or FILE.py:NAME"
+        f"unknown target {target!r}: use PROTOCOL/SCENARIO (see `vcpureq list`), "
+        "FILE.py:NAME (a program) or FILE.py:NAME/SCENARIO (your protocol's scenario)"
     )
 
 
@@ -177,7 +191,8 @@ def _program_for(target: str, vcpus: int | None) -> Any:
 @click.argument("schedule")
 @click.option("--vcpus", type=click.IntRange(1, 64), default=None)
 def replay(target: str, schedule: str, vcpus: int | None) -> None:
-    """Re-run TARGET (PROTOCOL/SCENARIO or FILE.py:NAME) under SCHEDULE and print the trace."""
+    """Re-run TARGET (PROTOCOL/SCENARIO, FILE.py:NAME or FILE.py:NAME/SCENARIO) under
+    SCHEDULE and print the trace."""
     try:
         program = _program_for(target, vcpus)
         trace, _ex, end = replay_execution(program, schedule)
