@@ -19,7 +19,7 @@ run: install
 	$(BIN)/vcpureq check
 
 lint: install-test
-	$(BIN)/ruff check vcpureq tests bench
+	$(BIN)/ruff check vcpureq tests bench examples
 
 typecheck: install-test
 	$(BIN)/mypy
