@@ -168,3 +168,30 @@ def test_dpor_matches_naive_with_waits_under_every_model(data: st.DataObject) ->
         return set(r.outcomes), {v.kind for v in r.violations}
 
     assert everything("dpor") == everything("naive")
+
+
+def spinning_daemon() -> int:
+    x = Atomic(0, name="x")
+    ticks = Atomic(0, name="ticks")  # the spinner's own cell: no race with main
+
+    def spinner() -> None:
+        while True:
+            ticks.fetch_add(1)
+
+    spawn(spinner, daemon=True)
+    x.store(1)
+    return x.load()
+
+
+def test_a_daemon_that_never_blocks_is_cut_and_reported() -> None:
+    # (A spinner that races with main is a step-limit violation instead: DPOR tries it
+    # before main, and an unfair schedule lets it spin for ever.)
+    r = explore(spinning_daemon)
+    assert r.complete and not r.violations
+    assert r.extension_cuts == r.executions == 1
+    assert "cut after main's end" in r.summary()
+
+
+def test_daemons_that_block_are_never_cut() -> None:
+    r = explore(daemon_waits_then_writes)
+    assert r.complete and r.extension_cuts == 0

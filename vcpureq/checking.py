@@ -63,6 +63,7 @@ class Verdict:
             "events": e.events,
             "seconds": round(e.elapsed, 3),
             "complete": e.complete,
+            "extension_cuts": e.extension_cuts,
             "violation": None if v is None else {
                 "kind": v.kind,
                 "message": v.message,

@@ -105,7 +105,10 @@ def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: 
             mark = "[green]✓[/]" if v.expected else "[bold red]✗[/]"
             err.print(f"{mark} " + escape(
                 f"{case.name} [{v.exploration.memory_model}]: {v.verdict} "
-                f"({v.exploration.executions:,} executions, {v.exploration.elapsed:.2f} s)"),
+                f"({v.exploration.executions:,} executions, {v.exploration.elapsed:.2f} s"
+                + (f"; {v.exploration.extension_cuts:,} with a daemon cut after main's end:"
+                   " exhaustive up to that bound" if v.exploration.extension_cuts else "")
+                + ")"),
                 highlight=False)
     if as_json:
         click.echo(json.dumps([v.as_dict() for v in verdicts], indent=2))

@@ -68,6 +68,9 @@ class Dpor:
         self.make_execution = make_execution
         self.nodes: list[Node] = []
         self.branch = 0
+        #: executions whose daemon extension was cut by its step budget (a daemon that
+        #: never blocks): the exploration is exhaustive only up to that bound
+        self.extension_cuts = 0
 
     # ------------------------------------------------------------------ one execution
     def run_one(self) -> tuple[Execution, str]:
@@ -111,6 +114,8 @@ class Dpor:
                     saved = (ex.failure, ex.steps, len(ex.trace))
                     extension = max(64, 2 * len(events))
                 if not en or ex.failure is not None or extension == 0:
+                    if en and extension == 0 and ex.failure is None:
+                        self.extension_cuts += 1
                     break
                 extension -= 1
             elif not en:

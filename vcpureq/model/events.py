@@ -92,6 +92,9 @@ class Exploration:
     max_depth: int = 0
     preemption_bound: int | None = None
     stopped_because: str | None = None
+    #: executions (dpor) whose daemon threads were still running after the step budget
+    #: of the extension past main's end: exhaustive only up to that bound
+    extension_cuts: int = 0
 
     @property
     def ok(self) -> bool:
@@ -105,7 +108,9 @@ class Exploration:
             if self.violations
             else f"incomplete ({self.stopped_because})"
         )
+        cut = (f"; {self.extension_cuts} with a daemon cut after main's end"
+               if self.extension_cuts else "")
         return (
-            f"{verdict}: {self.executions} executions ({self.blocked} blocked), "
+            f"{verdict}: {self.executions} executions ({self.blocked} blocked{cut}), "
             f"{self.events} events, {self.elapsed:.2f} s [{self.strategy}, {self.memory_model}]"
         )

@@ -173,6 +173,7 @@ class _Search:
         d = Dpor(self.make_execution)
         while True:
             ex, how = d.run_one()
+            self.result.extension_cuts = d.extension_cuts
             if not self.finish(ex, how, d.decisions()):
                 return
             if not d.backtrack():
