@@ -478,3 +478,18 @@ def test_kernel_and_unified_under_other_models(protocol: str, model: str) -> Non
     for scenario in EXPECTED[protocol]:
         _, r = _explore(protocol, scenario, model)
         assert r.ok, (scenario, [v.format() for v in r.violations])
+
+
+def test_reports_tell_an_s390x_counterexample_in_words(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`vcpureq check --report` prints summarize()'s account under the violation."""
+    from click.testing import CliRunner
+
+    from vcpureq.cli import main
+
+    r = CliRunner().invoke(main, ["check", "--protocol", "s390x-async-prefix",
+                                  "--scenario", "prefix-unmap", "--report", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    text = next(tmp_path.glob("*.txt")).read_text()
+    assert "in words:" in text and "property: prefix" in text
+    assert "entered SIE at step" in text and "unmapped at step" in text
+    assert "class='words'" in next(tmp_path.glob("*.html")).read_text()

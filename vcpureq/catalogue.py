@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .model import Violation
+
 VERIFIED = "verified"
 COUNTEREXAMPLE = "counterexample"
 
@@ -33,6 +35,9 @@ class Case:
     vcpus: int = 2
     max_steps: int = 10_000
     tags: tuple[str, ...] = field(default_factory=tuple)
+    #: an optional account of a counterexample in words (the steps that matter, in
+    #: order), printed by the reports under the violation
+    explain: Callable[[Violation], str] | None = None
 
     @property
     def name(self) -> str:

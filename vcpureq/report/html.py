@@ -46,6 +46,8 @@ def counterexample_html(v: Verdict) -> str:
         parts.append("<p>No counterexample.</p></body></html>")
         return "".join(parts)
     parts.append(f"<div class='broke'><b>{e(viol.kind)}</b>: {e(viol.message)}</div>")
+    if v.case.explain is not None:
+        parts.append(f"<pre class='words'>{e(v.case.explain(viol))}</pre>")
     threads: dict[int, str] = {}
     for ev in viol.trace:
         threads.setdefault(ev.thread, ev.thread_name)

@@ -53,7 +53,10 @@ def counterexample_text(v: Verdict) -> str:
         f"what broke:   {viol.message}",
         f"schedule:     {viol.schedule}",
         "",
-        "trace (step, thread, operation, source):",
     ]
+    if v.case.explain is not None:
+        lines += ["in words:", *("  " + line for line in v.case.explain(viol).splitlines()),
+                  ""]
+    lines += ["trace (step, thread, operation, source):"]
     lines += ["  " + e.describe() for e in viol.trace]
     return "\n".join(lines) + "\n"

@@ -713,6 +713,7 @@ def cases(vcpus: int | None = None, bigger: bool = False, long: bool = False,
                     vcpus=n,
                     max_steps=20_000,
                     tags=("s390x",),
+                    explain=summarize,
                 ))
     return out
 
@@ -736,7 +737,7 @@ def cases_for_protocol(obj: Any, label: str, vcpus: int | None = None) -> list[C
         Case(protocol=label, scenario=name, program=S390_SCENARIOS[name].program(obj, nr_vcpus=n),
              memory_model=obj.memory_model, expect=VERIFIED,
              description=S390_SCENARIOS[name].description, vcpus=n, max_steps=20_000,
-             tags=("s390x",))
+             tags=("s390x",), explain=summarize)
         for name in names
     ]
 
