@@ -71,38 +71,57 @@ def test_daemon_enabled_by_main() -> None:
     assert outcomes(daemon_waits_then_writes, "dpor") == {0, 7}
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.data())
-def test_dpor_matches_naive_with_daemons(data: st.DataObject) -> None:
-    ncells = 2
-    nthreads = data.draw(st.integers(1, 3), label="threads")
-    op = st.tuples(st.sampled_from(["load", "store", "add"]), st.integers(0, ncells - 1),
-                   st.integers(1, 3))
+Op = tuple[str, int, int]
+NCELLS = 2
+
+
+def run_ops(cells: list[Atomic], ops: list[Op]) -> tuple[int, ...]:
+    """One thread's generated operations; returns what it read."""
+    seen = []
+    for kind, c, v in ops:
+        if kind == "load":
+            seen.append(cells[c].load())
+        elif kind == "store":
+            cells[c].store(v)
+        elif kind == "add":
+            seen.append(cells[c].fetch_add(v))
+        else:
+            cell = cells[c]
+            wait_until(lambda cell=cell, v=v: cell.load() >= v)
+    return tuple(seen)
+
+
+def generated(data: st.DataObject, *, max_threads: int, max_value: int, waits: bool,
+              max_main: int) -> tuple[Any, str]:
+    """A program of up to ``max_threads`` spawned threads (each daemon or not) and main,
+    over two cells, and the memory model to run it under."""
+    op: st.SearchStrategy[Op] = st.tuples(
+        st.sampled_from(["load", "store", "add"]), st.integers(0, NCELLS - 1),
+        st.integers(1, max_value))
+    if waits:
+        op = st.one_of(op, st.tuples(st.just("wait"), st.integers(0, NCELLS - 1),
+                                     st.integers(1, max_value)))
+    nthreads = data.draw(st.integers(1, max_threads), label="threads")
     bodies = [data.draw(st.lists(op, min_size=1, max_size=3), label=f"t{i}")
               for i in range(nthreads)]
     daemons = [data.draw(st.booleans(), label=f"daemon{i}") for i in range(nthreads)]
-    main_ops = data.draw(st.lists(op, min_size=1, max_size=3), label="main")
+    main_ops = data.draw(st.lists(op, min_size=1, max_size=max_main), label="main")
     model = data.draw(st.sampled_from(["sc", "tso", "pso"]), label="model")
 
-    def run(cells: list[Atomic], ops: list[tuple[str, int, int]]) -> tuple[int, ...]:
-        seen = []
-        for kind, c, v in ops:
-            if kind == "load":
-                seen.append(cells[c].load())
-            elif kind == "store":
-                cells[c].store(v)
-            else:
-                seen.append(cells[c].fetch_add(v))
-        return tuple(seen)
-
     def program() -> tuple[Any, ...]:
-        cells = [Atomic(0, name=f"c{i}") for i in range(ncells)]
+        cells = [Atomic(0, name=f"c{i}") for i in range(NCELLS)]
         for body, daemon in zip(bodies, daemons, strict=True):
-            spawn(run, cells, body, daemon=daemon)
-        return run(cells, main_ops)
+            spawn(run_ops, cells, body, daemon=daemon)
+        return run_ops(cells, main_ops)
 
+    return program, model
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.data())
+def test_dpor_matches_naive_with_daemons(data: st.DataObject) -> None:
+    program, model = generated(data, max_threads=3, max_value=3, waits=False, max_main=3)
     assert outcomes(program, "dpor", model) == outcomes(program, "naive", model)
-
 
 def daemon_chooses_after_main_ends() -> int:
     x = Atomic(0, name="x")
@@ -128,38 +147,7 @@ def test_daemon_choose_in_the_extension_makes_no_decision() -> None:
 def test_dpor_matches_naive_with_waits_under_every_model(data: st.DataObject) -> None:
     """Programs whose threads may wait for a cell to reach a value: the same outcomes and
     the same kinds of violation (hang/deadlock) under dpor as under naive."""
-    ncells = 2
-    nthreads = data.draw(st.integers(1, 2), label="threads")
-    op = st.one_of(
-        st.tuples(st.sampled_from(["load", "store", "add"]), st.integers(0, ncells - 1),
-                  st.integers(1, 2)),
-        st.tuples(st.just("wait"), st.integers(0, ncells - 1), st.integers(1, 2)),
-    )
-    bodies = [data.draw(st.lists(op, min_size=1, max_size=3), label=f"t{i}")
-              for i in range(nthreads)]
-    daemons = [data.draw(st.booleans(), label=f"daemon{i}") for i in range(nthreads)]
-    main_ops = data.draw(st.lists(op, min_size=1, max_size=2), label="main")
-    model = data.draw(st.sampled_from(["sc", "tso", "pso"]), label="model")
-
-    def run(cells: list[Atomic], ops: list[tuple[str, int, int]]) -> tuple[int, ...]:
-        seen = []
-        for kind, c, v in ops:
-            if kind == "load":
-                seen.append(cells[c].load())
-            elif kind == "store":
-                cells[c].store(v)
-            elif kind == "add":
-                seen.append(cells[c].fetch_add(v))
-            else:
-                cell = cells[c]
-                wait_until(lambda cell=cell, v=v: cell.load() >= v)
-        return tuple(seen)
-
-    def program() -> tuple[Any, ...]:
-        cells = [Atomic(0, name=f"c{i}") for i in range(ncells)]
-        for body, daemon in zip(bodies, daemons, strict=True):
-            spawn(run, cells, body, daemon=daemon)
-        return run(cells, main_ops)
+    program, model = generated(data, max_threads=2, max_value=2, waits=True, max_main=2)
 
     def everything(strategy: str) -> tuple[set[Any], set[str]]:
         r = explore(program, strategy=strategy, memory_model=model,
@@ -168,7 +156,6 @@ def test_dpor_matches_naive_with_waits_under_every_model(data: st.DataObject) ->
         return set(r.outcomes), {v.kind for v in r.violations}
 
     assert everything("dpor") == everything("naive")
-
 
 def spinning_daemon() -> int:
     x = Atomic(0, name="x")

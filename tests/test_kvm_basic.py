@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from kvm_support import NEEDS_KVM  # tests/ is on sys.path
 
 from vcpureq.kvm import (
     Cap,
@@ -20,18 +21,12 @@ from vcpureq.kvm import (
     VcpuError,
     VcpuTimeout,
     Vm,
-    asm,
     guests,
     info,
-    probe,
 )
 from vcpureq.kvm.ioctls import REQUIRED_CAPS
 
-_UNUSABLE = probe() or asm.available()
-pytestmark = [
-    pytest.mark.kvm,
-    pytest.mark.skipif(_UNUSABLE is not None, reason=f"KVM tests need /dev/kvm: {_UNUSABLE}"),
-]
+pytestmark = NEEDS_KVM
 
 CRIT_GPA = guests.CRITICAL_SEGMENT << 4
 MAGIC = guests.CRITICAL_MAGIC.to_bytes(2, "little")

@@ -5,15 +5,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from kvm_support import NEEDS_KVM  # tests/ is on sys.path
 
-from vcpureq.kvm import asm, probe
 from vcpureq.kvm.floor import SOURCE, measure_c, measure_python
 
-_UNUSABLE = probe() or asm.available()
-pytestmark = [
-    pytest.mark.kvm,
-    pytest.mark.skipif(_UNUSABLE is not None, reason=f"needs /dev/kvm: {_UNUSABLE}"),
-]
+pytestmark = NEEDS_KVM
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None or not SOURCE.exists(),

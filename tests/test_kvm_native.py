@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from kvm_support import NEEDS_KVM  # tests/ is on sys.path
 
 from vcpureq.arch.kvm_user import PAUSE, PING, pause_vcpus, resume_vcpus
 from vcpureq.common import (
@@ -22,16 +23,12 @@ from vcpureq.common import (
     set_sync_request_many,
 )
 from vcpureq.common import test_request as kvm_test_request  # not a pytest test
-from vcpureq.kvm import asm, guests, native, probe
+from vcpureq.kvm import guests, native
 from vcpureq.kvm import vmm as vmm_module
 from vcpureq.kvm.vmm import Vmm
 from vcpureq.model.kernel import READ_ONCE
 
-_UNUSABLE = probe() or asm.available()
-pytestmark = [
-    pytest.mark.kvm,
-    pytest.mark.skipif(_UNUSABLE is not None, reason=f"KVM tests need /dev/kvm: {_UNUSABLE}"),
-]
+pytestmark = NEEDS_KVM
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from kvm_support import NEEDS_KVM  # tests/ is on sys.path
 
 from vcpureq.arch.kvm_user import PAUSE, PING, VARIANTS, pause_vcpus, resume_vcpus
 from vcpureq.common import (
@@ -21,18 +22,14 @@ from vcpureq.common import (
     set_sync_request_many,
 )
 from vcpureq.common import test_request as kvm_test_request  # not a pytest test
-from vcpureq.kvm import GuestCrashed, asm, guests, probe
+from vcpureq.kvm import GuestCrashed, guests
 from vcpureq.kvm.ioctls import ExitReason
 from vcpureq.kvm.vmm import CallHandle, VcpuStopped, Vmm
 from vcpureq.model import WaitTimeout
 from vcpureq.model.kernel import READ_ONCE
 from vcpureq.requests import TLB_FLUSH
 
-_UNUSABLE = probe() or asm.available()
-pytestmark = [
-    pytest.mark.kvm,
-    pytest.mark.skipif(_UNUSABLE is not None, reason=f"KVM tests need /dev/kvm: {_UNUSABLE}"),
-]
+pytestmark = NEEDS_KVM
 
 CORRECT = ("kvm-user", "kvm-user-sigmask")
 CRIT_GPA = guests.CRITICAL_SEGMENT << 4
