@@ -194,7 +194,7 @@ class Dpor:
                 cands.sort(reverse=True)
                 races = []
                 for e in cands:
-                    et, eidx, evc, enode = events[e]
+                    et, eidx, evc, _enode = events[e]
                     if analyse and et != tid and (running[et] if et < len(running) else 0) < eidx:
                         races.append(e)
                     running = _join(running, evc)
