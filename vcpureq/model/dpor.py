@@ -19,6 +19,13 @@ are ordered before the last write by happens-before, so they cannot race directl
 Sleep sets guarantee that no two *complete* executions are equivalent (Mazurkiewicz), so
 ``executions`` counts the traces exactly; executions whose every enabled thread sleeps are
 abandoned and counted as ``blocked``.
+
+Daemon threads: the program's outcome is fixed when the last non-daemon thread ends, but
+an execution that stopped there would not be maximal, and the races of a daemon's next
+events with it would never be reversed (``spawn(store x=1, daemon=True); return
+x.load()`` would show only 0).  So enabled daemons run on in an *extension*, explored
+like any suffix, until none is enabled or a step budget runs out (``extension_cuts``
+counts those); tests/test_dpor_vs_naive.py checks the result against naive search.
 """
 
 from __future__ import annotations
