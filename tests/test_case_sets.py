@@ -51,3 +51,23 @@ def test_replay_a_scenario_of_a_users_protocol() -> None:
     assert "no lost request" in r.output, r.output
     r = CliRunner().invoke(main, ["replay", f"{target}/nope", token])
     assert r.exit_code == 2 and "has no scenario 'nope'" in r.output
+
+
+def test_jobs_give_the_same_verdicts_as_one_at_a_time() -> None:
+    """`check -j 2` forks workers; verdicts, executions and order are those of `-j 1`."""
+    import json
+
+    args = ["check", "--protocol", "generic-check-before-mode", "--protocol",
+            "generic-no-mb-after-mode", "--json"]
+    one = json.loads(CliRunner().invoke(main, [*args, "-j", "1"]).output)
+    two = json.loads(CliRunner().invoke(main, [*args, "-j", "2"]).output)
+
+    def key(d: dict) -> list:  # type: ignore[type-arg]
+        return [(x["protocol"], x["scenario"], x["memory_model"], x["verdict"],
+                 x["executions"], x["as_expected"]) for x in d]
+
+    assert key(one) == key(two) and len(one) > 10
+    assert all(x["as_expected"] for x in two)
+    # a counterexample comes back whole from a worker
+    broken = [x for x in two if x["violation"]]
+    assert broken and all(x["violation"]["trace"] for x in broken)

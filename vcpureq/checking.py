@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import multiprocessing as mp
+import pickle
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,3 +100,53 @@ def run_cases(cases: Iterable[Case], *, on_verdict: Callable[[Verdict], Any] | N
         if on_verdict is not None:
             on_verdict(v)
     return out
+
+
+# ---------------------------------------------------------------------------- in parallel
+# Cases hold closures (programs built by the scenarios), which do not pickle: worker
+# processes are forked from the parent and find the case list here, by index; only the
+# Exploration (plain data) comes back.
+_FORKED_CASES: list[tuple[Case, dict[str, Any]]] = []
+
+
+def _run_forked(index: int) -> tuple[int, Exploration | str]:
+    case, kwargs = _FORKED_CASES[index]
+    try:
+        exploration = run_case(case, **kwargs).exploration
+        pickle.dumps(exploration)  # outcomes of a user's program may not pickle
+        return index, exploration
+    except Exception as e:  # noqa: BLE001 -- reported to the parent, which reruns the case
+        return index, f"{type(e).__name__}: {e}"
+
+
+def run_cases_parallel(cases: Sequence[tuple[Case, dict[str, Any]]], jobs: int,
+                       on_verdict: Callable[[int, Verdict], Any] | None = None
+                       ) -> list[Verdict]:
+    """Run ``(case, run_case keyword arguments)`` pairs in ``jobs`` forked processes
+    (Linux); returns the verdicts in the order of ``cases``. ``on_verdict(index, verdict)``
+    is called as each finishes. A case whose result cannot come back (an exception, an
+    outcome that does not pickle) is run again here, so its error is the usual one."""
+    if jobs <= 1 or len(cases) <= 1 or "fork" not in mp.get_all_start_methods():
+        out = []
+        for i, (case, kwargs) in enumerate(cases):
+            v = run_case(case, **kwargs)
+            out.append(v)
+            if on_verdict is not None:
+                on_verdict(i, v)
+        return out
+    _FORKED_CASES[:] = list(cases)
+    results: dict[int, Verdict] = {}
+    try:
+        with mp.get_context("fork").Pool(min(jobs, len(cases))) as pool:
+            for index, got in pool.imap_unordered(_run_forked, range(len(cases))):
+                case, kwargs = cases[index]
+                if isinstance(got, str):
+                    v = run_case(case, **kwargs)
+                else:
+                    v = Verdict(case, got, user=kwargs.get("user", False))
+                results[index] = v
+                if on_verdict is not None:
+                    on_verdict(index, v)
+    finally:
+        _FORKED_CASES.clear()
+    return [results[i] for i in range(len(cases))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .catalogue import CASE_SETS, Case, LoadError, builtin_cases, load_object, user_cases
-from .checking import Verdict, run_case
+from .checking import Verdict, run_cases_parallel
 from .model import MEMORY_MODELS, STRATEGIES, ReplayError, ScheduleError, replay_execution
 
 # Wide enough for the verdict table when the output is a file or a pipe.
@@ -75,12 +76,15 @@ def _select(protocols: tuple[str, ...], scenarios: tuple[str, ...],
               show_default=True,
               help="Built-in cases: the default catalogue (a few minutes), the big "
               "configurations (minutes each), or all.")
+@click.option("-j", "--jobs", type=click.IntRange(0, 256), default=1, show_default=True,
+              help="Cases run at once, in forked processes (0: one per CPU). Seconds per "
+              "case are measured under that load.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Write every counterexample as text and HTML into this directory.")
 def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: str,
           vcpus: int | None, strategy: str, time_limit: float | None, which: str,
-          as_json: bool, report_dir: str | None) -> None:
+          jobs: int, as_json: bool, report_dir: str | None) -> None:
     """Model-check protocols against scenarios (default: the whole built-in catalogue).
 
     Exit status 1 when a verdict is not the expected one (a built-in variant that should be
@@ -93,23 +97,29 @@ def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: 
     except LoadError as e:
         raise click.UsageError(str(e)) from None
     model = None if memory_model == "default" else memory_model
-    verdicts: list[Verdict] = []
-    for i, case in enumerate(cases):
-        try:
-            v = run_case(case, memory_model=model, strategy=strategy, time_limit=time_limit,
-                         progress=None if not as_json else False, user=i in user)
-        except NotImplementedError as e:
-            raise click.UsageError(str(e)) from None
-        verdicts.append(v)
+    if jobs == 0:
+        jobs = os.cpu_count() or 1
+    # (a live progress line only when one case runs at a time)
+    progress = False if as_json or jobs > 1 else None
+    work = [(case, {"memory_model": model, "strategy": strategy, "time_limit": time_limit,
+                    "progress": progress, "user": i in user})
+            for i, case in enumerate(cases)]
+
+    def done(_index: int, v: Verdict) -> None:
         if not as_json:
             mark = "[green]✓[/]" if v.expected else "[bold red]✗[/]"
             err.print(f"{mark} " + escape(
-                f"{case.name} [{v.exploration.memory_model}]: {v.verdict} "
+                f"{v.case.name} [{v.exploration.memory_model}]: {v.verdict} "
                 f"({v.exploration.executions:,} executions, {v.exploration.elapsed:.2f} s"
                 + (f"; {v.exploration.extension_cuts:,} with a daemon cut after main's end:"
                    " exhaustive up to that bound" if v.exploration.extension_cuts else "")
                 + ")"),
                 highlight=False)
+
+    try:
+        verdicts = run_cases_parallel(work, jobs, on_verdict=done)
+    except NotImplementedError as e:
+        raise click.UsageError(str(e)) from None
     if as_json:
         click.echo(json.dumps([v.as_dict() for v in verdicts], indent=2))
     else:
