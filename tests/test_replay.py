@@ -157,6 +157,38 @@ def test_nondeterminism_is_detected_by_every_exhaustive_strategy(strategy: str) 
     assert [v.kind for v in r.violations] == ["nondeterminism"]
 
 
+_stamps = itertools.count()
+
+
+def nondeterministic_value() -> int:
+    """The same operations in every run, but the value stored comes from a counter kept
+    across runs (as a clock or a random number would): caught where a later run picks
+    another thread at a node recorded earlier."""
+    x = Atomic(0, "x")
+    stamp = next(_stamps)
+    spawn(lambda: x.store(stamp), name="stamper", daemon=True)
+    return x.load()
+
+
+@pytest.mark.parametrize("strategy", ["dpor", "naive"])
+def test_a_value_computed_from_outside_is_nondeterminism(strategy: str) -> None:
+    (v,) = explore(nondeterministic_value, strategy=strategy).violations
+    assert v.kind == "nondeterminism"
+    assert "stamper" in v.message and "store x (" in v.message
+
+
+def plain_objects() -> int:
+    """Storing fresh objects (whose equality is identity) is not nondeterminism."""
+    x = Atomic(None, "x")
+    spawn(lambda: x.store(object()), name="writer")
+    return 0 if x.load() is None else 1
+
+
+def test_fresh_objects_are_not_taken_for_nondeterminism() -> None:
+    r = explore(plain_objects)
+    assert not r.violations and set(r.outcomes) == {0, 1}
+
+
 def explode() -> None:
     x = Atomic(0, "x")
 

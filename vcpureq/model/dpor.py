@@ -146,7 +146,8 @@ class Dpor:
                 old = node.sigs.get(tid)
                 if old is not None and old != sig:
                     self._nondeterminism(
-                        pos, f"thread {ex.threads[tid].name} was about to do {old} in an "
+                        pos, f"thread {ex.threads[tid].name} was about to do "
+                        f"{ex.describe_signature(old)} in an "
                         f"earlier run, now {ex.describe_pending(tid)} "
                         f"at {ex.pending_source(tid)}")
                     return ex, "failed"
@@ -166,7 +167,11 @@ class Dpor:
                 tid = last_tid if last_tid in awake else awake[0]
                 node = Node(EVENT, tid, sleep)
                 node.enabled = frozenset(en)
-                node.sigs[tid] = ex.signature(tid)
+                # What every enabled thread is about to do here: a later run that picks
+                # another thread at this node must find it about to do the same.
+                sigs = node.sigs
+                for t in en:
+                    sigs[t] = ex.signature(t)
                 nodes.append(node)
                 if sleep:
                     fp = ex.footprint(tid)

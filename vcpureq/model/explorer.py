@@ -219,17 +219,21 @@ class _Search:
                             cut = True
                     else:
                         alts = list(en)
-                    stack.append([alts, 0, False, {}])
+                    # what each enabled thread is about to do here (see Dpor.run_one)
+                    stack.append([alts, 0, False, {t: ex.signature(t) for t in en}])
                 node = stack[pos]
                 tid = node[0][node[1]]
                 sig = ex.signature(tid) if tid in en else None
-                if sig is None or node[3].setdefault(tid, sig) != sig:
+                old = node[3].setdefault(tid, sig)
+                if sig is None or old != sig:
+                    before = ex.describe_signature(old) if old is not None else "something"
+                    now = ex.describe_pending(tid) if sig else "nothing runnable"
                     ex._fail(_Stop(
                         "nondeterminism",
-                        f"decision {pos}: thread {tid} does "
-                        f"{ex.describe_pending(tid) if sig else 'nothing runnable'} where an "
-                        "earlier run of the same schedule did something else (does the "
-                        "program use random numbers, time, or state kept across runs?)"))
+                        f"decision {pos}: the program is not deterministic: thread "
+                        f"{ex.threads[tid].name} was about to do {before} in an earlier run "
+                        f"of the same schedule, now {now} (does the program use random "
+                        "numbers, time, or state kept across runs?)"))
                     break
                 if last in en and tid != last:
                     preemptions += 1

@@ -212,7 +212,7 @@ class BufferedExecution(Execution):
     def peek_load(self, cell: int) -> Any:
         return self._view(self.running, cell)[0]
 
-    def signature(self, tid: int) -> tuple[int, Any]:
+    def signature(self, tid: int) -> tuple[Any, ...]:
         t = self.threads[tid]
         if isinstance(t, FlushActor):
             return FLUSH, t.key

@@ -283,6 +283,10 @@ def check(condition: Any, message: str = "check failed") -> None:
 # --------------------------------------------------------------------------- execution
 
 
+#: operand types whose equality is structural: compared by the nondeterminism check
+_PLAIN = frozenset({int, bool, str})
+
+
 class Execution:
     """One run of a program under one schedule (sequentially consistent memory).
 
@@ -423,8 +427,11 @@ class Execution:
     def blocked_threads(self) -> list[Thread]:
         return [t for t in self.threads if not t.finished and not t.daemon]
 
-    def signature(self, tid: int) -> tuple[int, Any]:
-        """What thread ``tid`` is about to do: (operation code, cell id or detail)."""
+    def signature(self, tid: int) -> tuple[Any, ...]:
+        """What thread ``tid`` is about to do: (operation code, cell id or detail), and
+        the values it would write or compare when they are plain (ints, strings, None),
+        so that a program computing them from anything but what it read (the clock,
+        random numbers, state kept across runs) is caught as nondeterministic."""
         op = self.threads[tid].pending
         assert op is not None
         code = op[0]
@@ -432,6 +439,10 @@ class Execution:
             return code, op[2].tid
         if code == FENCE:
             return code, op[2]
+        a, b = op[2], op[3]
+        if (a is None or type(a) in _PLAIN or isinstance(a, int)) and (
+                b is None or type(b) in _PLAIN or isinstance(b, int)):
+            return code, op[1], a, b
         return code, op[1]
 
     def footprint(self, tid: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -605,7 +616,21 @@ class Execution:
             return f"fence {op[2]}"
         if code == WAIT:
             return "wait_until"
-        return f"{OP_NAMES[code]} {self.cell_names[op[1]]}"
+        return self.describe_signature(self.signature(tid))
+
+    def describe_signature(self, sig: tuple[Any, ...]) -> str:
+        """A :meth:`signature` in words: "store x (1)", "compare_exchange m (0, 1)"."""
+        code = sig[0]
+        if code in (JOIN, FENCE) or len(sig) < 2 or not isinstance(sig[1], int) \
+                or not 0 <= sig[1] < len(self.cell_names):
+            return str(sig)
+        name = OP_NAMES[code] if 0 <= code < len(OP_NAMES) else str(code)
+        text = f"{name} {self.cell_names[sig[1]]}"
+        if len(sig) == 4:
+            values = [repr(v) for v in sig[2:] if v is not None]
+            if values:
+                text += f" ({', '.join(values)})"
+        return text
 
     def stuck_report(self) -> tuple[str, str] | None:
         """At the end: a (kind, message) if a non-daemon thread can never finish."""
