@@ -12,16 +12,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vcpureq.model import Atomic, spawn, wait_until
 from vcpureq.model.explorer import explore
 
+#: Generated programs whose naive space is larger than this are not compared (a few of
+#: the PSO ones have millions of interleavings): hypothesis draws another.
+NAIVE_LIMIT = 20_000
 
-def outcomes(program: Any, strategy: str, model: str = "sc") -> set[Any]:
-    r = explore(program, strategy=strategy, memory_model=model)
+
+def outcomes(program: Any, strategy: str, model: str = "sc", *,
+             generated: bool = False) -> set[Any]:
+    """The outcome set; for a ``generated`` program, one whose naive space is over
+    NAIVE_LIMIT is rejected (hypothesis draws another)."""
+    limit = NAIVE_LIMIT if generated and strategy == "naive" else None
+    r = explore(program, strategy=strategy, memory_model=model, max_executions=limit)
     assert not r.violations, r.violations[0]
+    if generated:
+        assume(r.complete)
+    assert r.complete
     return set(r.outcomes)
 
 
@@ -117,11 +128,12 @@ def generated(data: st.DataObject, *, max_threads: int, max_value: int, waits: b
     return program, model
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=True)
 @given(st.data())
 def test_dpor_matches_naive_with_daemons(data: st.DataObject) -> None:
     program, model = generated(data, max_threads=3, max_value=3, waits=False, max_main=3)
-    assert outcomes(program, "dpor", model) == outcomes(program, "naive", model)
+    assert (outcomes(program, "dpor", model, generated=True)
+            == outcomes(program, "naive", model, generated=True))
 
 def daemon_chooses_after_main_ends() -> int:
     x = Atomic(0, name="x")
@@ -142,7 +154,7 @@ def test_daemon_choose_in_the_extension_makes_no_decision() -> None:
     assert outcomes(daemon_chooses_after_main_ends, "dpor") == {0, 1, 2, 5}
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(st.data())
 def test_dpor_matches_naive_with_waits_under_every_model(data: st.DataObject) -> None:
     """Programs whose threads may wait for a cell to reach a value: the same outcomes and
@@ -150,9 +162,9 @@ def test_dpor_matches_naive_with_waits_under_every_model(data: st.DataObject) ->
     program, model = generated(data, max_threads=2, max_value=2, waits=True, max_main=2)
 
     def everything(strategy: str) -> tuple[set[Any], set[str]]:
-        r = explore(program, strategy=strategy, memory_model=model,
-                    stop_on_violation=False)
-        assert r.complete
+        r = explore(program, strategy=strategy, memory_model=model, stop_on_violation=False,
+                    max_executions=NAIVE_LIMIT if strategy == "naive" else None)
+        assume(r.complete)
         return set(r.outcomes), {v.kind for v in r.violations}
 
     assert everything("dpor") == everything("naive")
