@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import pickle
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,17 +91,6 @@ def run_case(case: Case, *, memory_model: str | None = None, strategy: str = "dp
     return Verdict(case, exploration, user=user)
 
 
-def run_cases(cases: Iterable[Case], *, on_verdict: Callable[[Verdict], Any] | None = None,
-              **kwargs: Any) -> list[Verdict]:
-    out = []
-    for case in cases:
-        v = run_case(case, **kwargs)
-        out.append(v)
-        if on_verdict is not None:
-            on_verdict(v)
-    return out
-
-
 # ---------------------------------------------------------------------------- in parallel
 # Cases hold closures (programs built by the scenarios), which do not pickle: worker
 # processes are forked from the parent and find the case list here, by index; only the
@@ -119,13 +108,13 @@ def _run_forked(index: int) -> tuple[int, Exploration | str]:
         return index, f"{type(e).__name__}: {e}"
 
 
-def run_cases_parallel(cases: Sequence[tuple[Case, dict[str, Any]]], jobs: int,
-                       on_verdict: Callable[[int, Verdict], Any] | None = None
-                       ) -> list[Verdict]:
-    """Run ``(case, run_case keyword arguments)`` pairs in ``jobs`` forked processes
-    (Linux); returns the verdicts in the order of ``cases``. ``on_verdict(index, verdict)``
-    is called as each finishes. A case whose result cannot come back (an exception, an
-    outcome that does not pickle) is run again here, so its error is the usual one."""
+def run_cases(cases: Sequence[tuple[Case, dict[str, Any]]], jobs: int = 1,
+              on_verdict: Callable[[int, Verdict], Any] | None = None) -> list[Verdict]:
+    """Run ``(case, run_case keyword arguments)`` pairs, one after the other or in
+    ``jobs`` forked processes (Linux); returns the verdicts in the order of ``cases``.
+    ``on_verdict(index, verdict)`` is called as each finishes. A case whose result cannot
+    come back (an exception, an outcome that does not pickle) is run again here, so its
+    error is the usual one."""
     if jobs <= 1 or len(cases) <= 1 or "fork" not in mp.get_all_start_methods():
         out = []
         for i, (case, kwargs) in enumerate(cases):

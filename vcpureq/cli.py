@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .catalogue import CASE_SETS, Case, LoadError, builtin_cases, load_object, user_cases
-from .checking import Verdict, run_cases_parallel
+from .checking import Verdict, run_cases
 from .model import MEMORY_MODELS, STRATEGIES, ReplayError, ScheduleError, replay_execution
 
 # Wide enough for the verdict table when the output is a file or a pipe.
@@ -117,7 +117,7 @@ def check(protocols: tuple[str, ...], scenarios: tuple[str, ...], memory_model: 
                 highlight=False)
 
     try:
-        verdicts = run_cases_parallel(work, jobs, on_verdict=done)
+        verdicts = run_cases(work, jobs, on_verdict=done)
     except NotImplementedError as e:
         raise click.UsageError(str(e)) from None
     if as_json:
