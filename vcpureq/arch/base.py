@@ -20,21 +20,40 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vcpureq.common import (
+    EXITING_GUEST_MODE,
     IN_GUEST_MODE,
     OUTSIDE_GUEST_MODE,
     check_request,
     pending_requests,
+    request_pending,
     vcpu_exiting_guest_mode,
     vcpu_kick,
 )
 from vcpureq.hw import Host, HostCpu
-from vcpureq.model.kernel import READ_ONCE
+from vcpureq.model.kernel import READ_ONCE, WRITE_ONCE, smp_store_mb, smp_wmb
 from vcpureq.requests import VM_DEAD, Request
 
 if TYPE_CHECKING:
     from vcpureq.common import KvmVcpu
 
-__all__ = ["Arch", "Host", "HostCpu"]
+__all__ = ["Arch", "Host", "HostCpu", "dekker_enter_guest_mode"]
+
+
+def dekker_enter_guest_mode(vcpu: KvmVcpu) -> bool:
+    """Publish IN_GUEST_MODE, then the last check (IRQs are off). True: enter.
+
+    vcpu-requests.rst ("Ensuring Requests Are Seen"): the write of IN_GUEST_MODE to
+    vcpu->mode is ordered by a full barrier before the read of vcpu->requests, and pairs
+    with the requester's barrier between setting the request and reading the mode. x86
+    vcpu_enter_guest checks kvm_vcpu_exit_request() (mode == EXITING_GUEST_MODE or
+    kvm_request_pending()); on abort it writes OUTSIDE_GUEST_MODE followed by smp_wmb().
+    The entry of the generic architecture and of a userspace VMM (kvm_user)."""
+    smp_store_mb(vcpu.mode, IN_GUEST_MODE)
+    if READ_ONCE(vcpu.mode) == EXITING_GUEST_MODE or request_pending(vcpu):
+        WRITE_ONCE(vcpu.mode, OUTSIDE_GUEST_MODE)
+        smp_wmb()
+        return False
+    return True
 
 
 class Arch:
@@ -145,4 +164,8 @@ class Arch:
                 vcpu.stat.requests_handled += 1
                 if vcpu.kvm.on_request is not None:
                     vcpu.kvm.on_request(vcpu, req)
+                self.handle_request(vcpu, req)
         return True
+
+    def handle_request(self, vcpu: KvmVcpu, req: Request) -> None:
+        """The architecture's handler for one consumed request (default: nothing)."""

@@ -20,7 +20,7 @@ with the request pending.
 
 from __future__ import annotations
 
-from vcpureq.arch.base import Arch, HostCpu
+from vcpureq.arch.base import Arch, HostCpu, dekker_enter_guest_mode
 from vcpureq.common import (
     EXITING_GUEST_MODE,
     IN_GUEST_MODE,
@@ -28,7 +28,7 @@ from vcpureq.common import (
     KvmVcpu,
     request_pending,
 )
-from vcpureq.model.kernel import READ_ONCE, WRITE_ONCE, smp_store_mb, smp_wmb
+from vcpureq.model.kernel import READ_ONCE, WRITE_ONCE, smp_wmb
 
 __all__ = [
     "GenericArch",
@@ -87,20 +87,9 @@ class GenericArch(Arch):
 
     def enter_guest_mode(self, vcpu: KvmVcpu) -> bool:
         """Publish IN_GUEST_MODE, then the last check (IRQs are off). True: enter.
-
-        vcpu-requests.rst ("Ensuring Requests Are Seen"): the write of IN_GUEST_MODE to
-        vcpu->mode is ordered by a full barrier before the read of vcpu->requests, and
-        pairs with the requester's barrier between setting the request and reading the
-        mode. x86 vcpu_enter_guest checks kvm_vcpu_exit_request() (mode ==
-        EXITING_GUEST_MODE or kvm_request_pending()); on abort it writes
-        OUTSIDE_GUEST_MODE followed by smp_wmb().
-        """
-        smp_store_mb(vcpu.mode, IN_GUEST_MODE)
-        if READ_ONCE(vcpu.mode) == EXITING_GUEST_MODE or request_pending(vcpu):
-            WRITE_ONCE(vcpu.mode, OUTSIDE_GUEST_MODE)
-            smp_wmb()
-            return False
-        return True
+        The Dekker entry of vcpu-requests.rst (:func:`dekker_enter_guest_mode`); the
+        variants below override this step."""
+        return dekker_enter_guest_mode(vcpu)
 
 
 class GenericCheckBeforeMode(GenericArch):

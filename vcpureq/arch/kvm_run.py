@@ -40,10 +40,8 @@ from vcpureq.arch.base import Arch
 from vcpureq.arch.generic import EXIT_ABORTED, EXIT_IRQ, EXIT_VM_DEAD
 from vcpureq.common import (
     OUTSIDE_GUEST_MODE,
-    check_request,
     make_request,
     make_request_and_kick,
-    pending_requests,
     vcpu_block,
     vcpu_exiting_guest_mode,
     vcpu_kick,
@@ -52,7 +50,7 @@ from vcpureq.common import (
 from vcpureq.hw import Host, HostCpu, MigrationPlan, Task
 from vcpureq.model import Atomic, choose
 from vcpureq.model.kernel import READ_ONCE, xchg
-from vcpureq.requests import TLB_FLUSH, VM_DEAD, Request
+from vcpureq.requests import TLB_FLUSH, Request
 
 if TYPE_CHECKING:
     from vcpureq.common import KvmVcpu
@@ -202,29 +200,7 @@ class RunLoopArch(Arch):
         vcpu.stat.last_exit = EXIT_ABORTED
         return EXIT_ABORTED
 
-    # --- requests ----------------------------------------------------------------------
-
-    def handle_requests(self, vcpu: KvmVcpu) -> bool:
-        """The request block: consume every pending request (check_request), then let
-        the architecture handle it. False if the VM is dead (KVM_REQ_VM_DEAD)."""
-        pending = READ_ONCE(vcpu.requests)  # kvm_request_pending, keeping the value
-        if not pending:
-            return True
-        self.request_handled(vcpu)
-        if vcpu.kvm.on_requests_seen is not None:
-            vcpu.kvm.on_requests_seen(vcpu, pending)
-        if pending & (1 << VM_DEAD.number):
-            return False
-        for req in pending_requests(pending, self.request_arch):
-            if check_request(req, vcpu):
-                vcpu.stat.requests_handled += 1
-                if vcpu.kvm.on_request is not None:
-                    vcpu.kvm.on_request(vcpu, req)
-                self.handle_request(vcpu, req)
-        return True
-
-    def handle_request(self, vcpu: KvmVcpu, req: Request) -> None:
-        """The architecture's handler for one consumed request (default: nothing)."""
+    # --- requests: Arch.handle_requests, with each architecture's handle_request ------
 
     # --- interrupts --------------------------------------------------------------------
 

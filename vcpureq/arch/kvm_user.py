@@ -69,10 +69,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from vcpureq.arch.base import Arch, Host, HostCpu
+from vcpureq.arch.base import Arch, Host, HostCpu, dekker_enter_guest_mode
 from vcpureq.common import (
-    EXITING_GUEST_MODE,
-    IN_GUEST_MODE,
     OUTSIDE_GUEST_MODE,
     RCUWAIT_NONE,
     RCUWAIT_SLEEPING,
@@ -526,13 +524,9 @@ class KvmUserArch(Arch):
 
     def enter_guest_mode(self, vcpu: KvmVcpu) -> bool:
         """Publish IN_GUEST_MODE with a full barrier, then the last check: the kernel's
-        ``vcpu_enter_guest`` (vcpu-requests.rst "Ensuring Requests Are Seen")."""
-        smp_store_mb(vcpu.mode, IN_GUEST_MODE)
-        if READ_ONCE(vcpu.mode) == EXITING_GUEST_MODE or request_pending(vcpu):
-            WRITE_ONCE(vcpu.mode, OUTSIDE_GUEST_MODE)
-            smp_wmb()
-            return False
-        return True
+        ``vcpu_enter_guest`` (vcpu-requests.rst "Ensuring Requests Are Seen"), as
+        :func:`~vcpureq.arch.base.dekker_enter_guest_mode` writes it."""
+        return dekker_enter_guest_mode(vcpu)
 
     def handle_exit(self, vcpu: KvmVcpu, exit_reason: str) -> None:
         st: UserVcpu = vcpu.arch
