@@ -183,6 +183,22 @@ class StepLog:
         return "; ".join(parts)
 
 
+def observed_vm(arch: Arch, nr_vcpus: int, log: StepLog,
+                requests_seen: Callable[[KvmVcpu, int], None],
+                on_request: Callable[[KvmVcpu, Request], None] | None,
+                on_guest_entry: Callable[[KvmVcpu], None] | None) -> Kvm:
+    """A harness's VM: every guest entry is noted in ``log`` (for the "how" of a
+    violation) before the scenario's own ``on_guest_entry`` check runs."""
+
+    def guest_entry(vcpu: KvmVcpu) -> None:
+        log.note_entry(vcpu)
+        if on_guest_entry is not None:
+            on_guest_entry(vcpu)
+
+    return Kvm(arch, nr_vcpus, on_requests_seen=requests_seen, on_request=on_request,
+               on_guest_entry=guest_entry)
+
+
 def ipis_how(cpu: HostCpu, after: int | None = None) -> str:
     """Which IPIs CPU ``cpu`` got (after step ``after``), in words with steps."""
     sent = sorted((t, s) for t, s in cpu.sent_at.items()
@@ -222,20 +238,8 @@ class Harness:
         self.done = [Atomic(0, name=f"requester{i}.done") for i in range(len(targets))]
         self.met: set[str] = set()
         self.log = StepLog()
-        scenario_entry = on_guest_entry
-
-        def guest_entry(vcpu: KvmVcpu) -> None:
-            self.log.note_entry(vcpu)
-            if scenario_entry is not None:
-                scenario_entry(vcpu)
-
-        self.kvm = Kvm(
-            new_arch(arch),
-            nr_vcpus,
-            on_requests_seen=self.requests_seen,
-            on_request=on_request,
-            on_guest_entry=guest_entry,
-        )
+        self.kvm = observed_vm(new_arch(arch), nr_vcpus, self.log, self.requests_seen,
+                               on_request, on_guest_entry)
         for vcpu in self.kvm.vcpus:
             spawn(self.kvm.arch.vcpu_run, vcpu, entries, name=f"vcpu{vcpu.vcpu_id}", daemon=True)
 

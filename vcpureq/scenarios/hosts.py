@@ -58,6 +58,7 @@ from vcpureq.scenarios.generic import (
     arch_name,
     ipis_how,
     new_arch,
+    observed_vm,
 )
 
 __all__ = [
@@ -115,20 +116,8 @@ class HostHarness:
         self.arch: RunLoopArch = a
         self.met: set[str] = set()
         self.log = StepLog()
-        scenario_entry = on_guest_entry
-
-        def guest_entry(vcpu: KvmVcpu) -> None:
-            self.log.note_entry(vcpu)
-            if scenario_entry is not None:
-                scenario_entry(vcpu)
-
-        self.kvm = Kvm(
-            a,
-            nr_vcpus,
-            on_requests_seen=self.requests_seen,
-            on_request=on_request,
-            on_guest_entry=guest_entry,
-        )
+        self.kvm = observed_vm(a, nr_vcpus, self.log, self.requests_seen, on_request,
+                               on_guest_entry)
         self.asleep = sorted(set(asleep))
         for i in {*halted, *self.asleep}:
             self.kvm.vcpus[i].arch.halted = True
